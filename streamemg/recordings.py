@@ -147,3 +147,244 @@ def read_recording(path: str | Path, fs: float | None = None) -> Recording:
     raise DataFormatError(
         f"{p}: unknown recording format; supported suffixes: {', '.join(sorted(READERS))}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clinical formats: WFDB-style headers (EMGLAB .hea + .bin/.bin.xz, PhysioNet .hea + .dat) and ASCII µV (.asc/.asc.xz)
+# ---------------------------------------------------------------------------------------------------------------
+
+#: int16 ADC rails: samples at these raw values are saturated (clipped).
+ADC_RAILS_INT16: tuple[int, int] = (-32768, 32767)
+
+#: Sampling rate of the Mendeley needle-EMG ``.asc`` files (from the data set's description), Hz.
+MENDELEY_ASC_FS: float = 32768.0
+
+_UNIT_TO_UV: dict[str, float] = {"uv": 1.0, "µv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
+
+
+def _read_bytes_maybe_xz(path: Path) -> bytes:
+    """Bytes of ``path``; ``*.xz`` files are decompressed (lossless LZMA)."""
+    import lzma
+
+    try:
+        if path.name.lower().endswith(".xz"):
+            with lzma.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, lzma.LZMAError) as exc:
+        raise DataFormatError(f"{path}: cannot be read ({exc}); check the file is complete") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaSignal:
+    """One signal line of a WFDB-style header."""
+
+    file_name: str
+    fmt: str
+    byte_offset: int
+    gain: float
+    baseline: float
+    units: str
+    description: str
+
+
+def _parse_hea(path: Path) -> tuple[str, int, float, int | None, list[_HeaSignal], list[str]]:
+    """Parse a WFDB-style header: (record, n_signals, fs, n_samples or None, signals, comment lines)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot be read ({exc})") from exc
+    body = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    comments = [ln.strip().lstrip("#").strip() for ln in lines if ln.lstrip().startswith("#")]
+    if not body:
+        raise DataFormatError(f"{path}: empty header; expected 'RECORD N_SIGNALS FS N_SAMPLES' on the first line")
+    head = body[0].split()
+    try:
+        record = head[0]
+        n_sig = int(head[1])
+        fs = float(head[2].split("/")[0].split("(")[0]) if len(head) > 2 else 250.0
+        n_samples = int(head[3]) if len(head) > 3 else None
+    except (IndexError, ValueError) as exc:
+        raise DataFormatError(f"{path}: malformed record line {body[0]!r}") from exc
+    signals: list[_HeaSignal] = []
+    for ln in body[1 : 1 + n_sig]:
+        parts = ln.split()
+        if len(parts) < 2:
+            raise DataFormatError(f"{path}: malformed signal line {ln!r}")
+        fmt, _, off = parts[1].partition("+")
+        fmt = fmt.split("x")[0].split(":")[0]
+        gain, baseline, units = 200.0, 0.0, "mV"
+        if len(parts) > 2:
+            g = parts[2]
+            g, _, units_part = g.partition("/")
+            if units_part:
+                units = units_part
+            if "(" in g:
+                g, _, b = g.partition("(")
+                baseline = float(b.rstrip(")"))
+            try:
+                gain = float(g) or 200.0
+            except ValueError as exc:
+                raise DataFormatError(f"{path}: malformed gain {parts[2]!r}") from exc
+        description = " ".join(parts[8:]) if len(parts) > 8 else ""
+        signals.append(_HeaSignal(parts[0], fmt, int(off or 0), gain, baseline, units, description))
+    if len(signals) != n_sig:
+        raise DataFormatError(f"{path}: header announces {n_sig} signals but describes {len(signals)}")
+    return record, n_sig, fs, n_samples, signals, comments
+
+
+def _to_uv_factor(units: str, path: Path) -> float:
+    key = units.strip().lower()
+    if key not in _UNIT_TO_UV:
+        raise DataFormatError(f"{path}: unsupported physical unit {units!r}; expected uV, mV or V")
+    return _UNIT_TO_UV[key]
+
+
+def _hea_comments_meta(comments: list[str]) -> dict[str, str]:
+    """``#key: value`` header comments (EMGLAB style) as a dict."""
+    meta: dict[str, str] = {}
+    for c in comments:
+        key, sep, value = c.partition(":")
+        if sep and key.strip() and not key.strip().startswith("<"):
+            meta[key.strip().lower()] = value.strip()
+    return meta
+
+
+def _locate_signal_file(hea: Path, name: str) -> Path | None:
+    """The data file a header names, or its ``.xz`` compressed form."""
+    for cand in (hea.with_name(name), hea.with_name(name + ".xz")):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _read_hea_format16(hea: Path, data_file: Path, signals: list[_HeaSignal], n_samples: int | None) -> np.ndarray:
+    """Interleaved int16 little-endian samples (WFDB format 16) after the byte offset: (n, C) int16."""
+    raw = _read_bytes_maybe_xz(data_file)
+    off = signals[0].byte_offset
+    n_sig = len(signals)
+    avail = (len(raw) - off) // (2 * n_sig)
+    if n_samples is None:
+        n_samples = avail
+    if avail < n_samples:
+        raise DataFormatError(
+            f"{data_file}: holds {avail} samples after byte offset {off}, but {hea.name} announces {n_samples}; "
+            "the file is truncated"
+        )
+    return np.frombuffer(raw, dtype="<i2", count=n_samples * n_sig, offset=off).reshape(n_samples, n_sig)
+
+
+def read_hea(path: Path, fs: float | None = None) -> Recording:
+    """A WFDB-style header and its signal file: EMGLAB ``.hea`` + ``.bin`` (or ``.bin.xz``), PhysioNet ``.dat``.
+
+    EMGLAB files (format ``16+20``: int16 little-endian after a 20-byte offset, ``13.107/uV``) and any
+    ``.xz``-compressed signal file are read directly; other WFDB records go through the ``wfdb`` package.
+    The result is µV ``(n_samples, n_signals)`` float32. ``meta`` holds the header fields, the header
+    comments (EMGLAB ``#key: value``), ``n_clipped`` (samples at the int16 ADC rails, format 16) and
+    ``clipped_mask_available``. ``fs`` overrides the header rate only if given.
+    """
+    record, n_sig, hdr_fs, n_samples, signals, comments = _parse_hea(path)
+    if n_sig < 1:
+        raise DataFormatError(f"{path}: header describes no signals")
+    meta: dict[str, Any] = {
+        "format": "wfdb-hea",
+        "record": record,
+        "header_fs": hdr_fs,
+        "n_samples_header": n_samples,
+        "comments": comments,
+        **{f"hea_{k}": v for k, v in _hea_comments_meta(comments).items()},
+    }
+    first = signals[0]
+    data_file = _locate_signal_file(path, first.file_name)
+    if data_file is None:
+        raise DataFormatError(
+            f"{path}: its signal file {first.file_name!r} (or {first.file_name}.xz) is not next to the header"
+        )
+    meta["signal_file"] = data_file.name
+    direct = data_file.name.lower().endswith(".xz") or first.byte_offset > 0
+    if direct:
+        if any(s.fmt != "16" for s in signals):
+            raise DataFormatError(f"{path}: only WFDB format 16 is supported for offset/compressed files")
+        counts = _read_hea_format16(path, data_file, signals, n_samples)
+        ints = counts.astype(np.int32)
+        meta["n_clipped"] = int(np.count_nonzero((ints <= ADC_RAILS_INT16[0]) | (ints >= ADC_RAILS_INT16[1])))
+        gains = np.array([s.gain for s in signals], dtype=np.float64)
+        base = np.array([s.baseline for s in signals], dtype=np.float64)
+        factor = np.array([_to_uv_factor(s.units, path) for s in signals], dtype=np.float64)
+        data = ((counts.astype(np.float64) - base) / gains * factor).astype(np.float32)
+    else:
+        data, n_clip = _read_wfdb(path)
+        meta["n_clipped"] = n_clip
+    channels = tuple(s.description or f"ch{i + 1}" for i, s in enumerate(signals))
+    if len(set(channels)) != len(channels):
+        channels = tuple(f"{c}{i + 1}" for i, c in enumerate(channels))
+    rate = _check_fs(fs if fs is not None else hdr_fs, path)
+    return Recording(_as_2d(data, path), rate, channels, path, meta)
+
+
+def _read_wfdb(path: Path) -> tuple[np.ndarray, int]:
+    """Read a plain WFDB record with the ``wfdb`` package: (µV (n, C) float32, samples at the ADC limits)."""
+    try:
+        import wfdb
+    except ImportError as exc:  # pragma: no cover - wfdb is a dependency
+        raise DataFormatError(f"{path}: reading WFDB records needs the 'wfdb' package (pip install wfdb)") from exc
+    rec_path = str(path.with_suffix(""))
+    try:
+        rec = wfdb.rdrecord(rec_path, physical=False)
+    except Exception as exc:  # wfdb raises many unrelated types; convert them all at this boundary
+        raise DataFormatError(f"{path}: the wfdb package could not read this record ({exc})") from exc
+    d = np.asarray(rec.d_signal, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[:, None]
+    n_clip = 0
+    out = np.empty(d.shape, dtype=np.float32)
+    for i in range(d.shape[1]):
+        gain = float(rec.adc_gain[i]) or 200.0
+        base = float(rec.baseline[i])
+        res = int(rec.adc_res[i]) if rec.adc_res and rec.adc_res[i] else 16
+        lo, hi = -(2 ** (res - 1)), 2 ** (res - 1) - 1
+        n_clip += int(np.count_nonzero((d[:, i] <= lo + 1) | (d[:, i] >= hi)))
+        out[:, i] = (d[:, i] - base) / gain * _to_uv_factor(str(rec.units[i]), path)
+    return out, n_clip
+
+
+def read_signal_beside_hea(path: Path, fs: float | None = None) -> Recording:
+    """A ``.bin``/``.bin.xz``/``.dat`` signal file given directly: read through the header next to it."""
+    name = path.name
+    stem = name[: -len(".xz")] if name.lower().endswith(".xz") else name
+    hea = path.with_name(Path(stem).stem + ".hea")
+    if not hea.exists():
+        raise DataFormatError(f"{path}: raw signal file without its header {hea.name}; open the .hea file instead")
+    return read_hea(hea, fs)
+
+
+def read_asc(path: Path, fs: float | None = None) -> Recording:
+    """Whitespace-separated ASCII µV values (Mendeley needle-EMG ``.asc``, or ``.asc.xz``), one channel.
+
+    The format stores no rate: ``fs``, else a sidecar ``{"fs": ...}``, else 32768 Hz (the Mendeley data set's
+    documented rate; ``meta["fs_assumed"]`` is then True).
+    """
+    raw = _read_bytes_maybe_xz(path)
+    try:
+        values = np.array(raw.split(), dtype=np.float64)
+    except ValueError as exc:
+        raise DataFormatError(f"{path}: not whitespace-separated numbers ({exc})") from exc
+    if values.size == 0:
+        raise DataFormatError(f"{path}: no samples")
+    side = _sidecar(path)
+    assumed = fs is None and "fs" not in side
+    rate = _check_fs(fs if fs is not None else side.get("fs", MENDELEY_ASC_FS), path)
+    meta = {"format": "asc", "fs_assumed": assumed, "n_clipped": 0}
+    return Recording(_as_2d(values.astype(np.float32), path), rate, ("EMG",), path, meta)
+
+
+READERS.update(
+    {
+        ".hea": read_hea,
+        ".bin": read_signal_beside_hea,
+        ".bin.xz": read_signal_beside_hea,
+        ".dat": read_signal_beside_hea,
+        ".asc": read_asc,
+        ".asc.xz": read_asc,
+    }
+)

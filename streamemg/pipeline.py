@@ -1,0 +1,508 @@
+"""The pipeline: sources -> stream states -> batched engine -> rolling estimates -> sinks.
+
+One :class:`Pipeline` owns everything under one ``asyncio.TaskGroup``: one task per source, the engine's
+worker, one task per sink, a watchdog that marks silent streams stale, and (optionally) the dashboard.
+
+Per stream, a :class:`StreamState` turns Chunks into Windows::
+
+    chunk (native rate, µV) -> seq check -> raw ring buffer (for the quality gate)
+          -> non-finite samples zeroed -> causal high-pass + mains notch -> rational resampler
+          -> model-rate ring buffer -> a Window every ``hop`` samples once ``window`` samples are held
+
+Large chunks (a file at full speed) are cut into pieces of at most one hop, so every window is emitted and
+the ring buffer never needs to hold more than ``window + 2 * hop`` samples. Results come back from the
+engine through :meth:`StreamState.on_result`, which fuses channels, applies the quality gate and updates the
+rolling and cumulative estimates, and the Estimate goes to every sink's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .buffer import RingBuffer
+from .clock import Clock, monotonic
+from .dsp import Resampler, StreamFilter
+from .engine import EngineSettings, InferenceEngine
+from .errors import ConfigError, StreamEMGError, StreamRateError
+from .estimates import (
+    EstimateSettings,
+    QualitySettings,
+    RollingEstimator,
+    assess_quality,
+    fuse_channels,
+)
+from .model import ModelBundle
+from .sinks.base import Sink, SinkRunner, SinkSettings
+from .snapshot import PipelineSnapshot, StreamSnapshot
+from .sources.base import Source
+from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """How streams are cut into windows and how estimates are formed.
+
+    Attributes:
+        hop_s: seconds between decisions per stream; None = the model's hop.
+        stale_after_s: a stream with no data for this long is shown as stale.
+        max_streams: streams beyond this are refused (counted, logged), protecting memory.
+        restart_gap: a sequence number this far *below* the last one means the sender restarted
+            (a new segment), not a late message.
+        level_bin_s: width of one sparkline bin (stream time, s); level_bins: how many are kept.
+        latency_history: decisions kept per stream for the p50/p99 latency.
+        quality, estimates: the quality gate and the rolling estimate settings.
+        sink: queueing policy of every sink.
+    """
+
+    hop_s: float | None = None
+    stale_after_s: float = 1.0
+    max_streams: int = 4096
+    restart_gap: int = 1000
+    level_bin_s: float = 0.25
+    level_bins: int = 24
+    latency_history: int = 512
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    estimates: EstimateSettings = field(default_factory=EstimateSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+
+    def __post_init__(self) -> None:
+        if self.hop_s is not None and not (math.isfinite(self.hop_s) and self.hop_s > 0):
+            raise ConfigError(f"PipelineSettings.hop_s={self.hop_s!r}: give a positive number of seconds, e.g. 0.25")
+        if not self.stale_after_s > 0:
+            raise ConfigError(f"PipelineSettings.stale_after_s={self.stale_after_s!r}: must be above 0 s")
+        if self.max_streams < 1:
+            raise ConfigError(f"PipelineSettings.max_streams={self.max_streams!r}: must be at least 1")
+        if self.restart_gap < 1:
+            raise ConfigError(f"PipelineSettings.restart_gap={self.restart_gap!r}: must be at least 1")
+        if self.level_bins < 1 or not self.level_bin_s > 0:
+            raise ConfigError("PipelineSettings.level_bins and level_bin_s must be positive")
+
+
+class StreamState:
+    """Mutable per-stream processing state. Rebuilt when the stream's (rate, channels) signature changes."""
+
+    def __init__(
+        self,
+        info: StreamInfo,
+        source: Source | None,
+        bundle: ModelBundle,
+        settings: PipelineSettings,
+        clock: Clock,
+    ) -> None:
+        cfg = bundle.config
+        self.info = info
+        self.source = source
+        self.settings = settings
+        self.clock = clock
+        self.trained = bundle.trained
+        self.model_fs = float(cfg.fs)
+        if info.fs < self.model_fs:
+            raise StreamRateError(
+                f"stream {info.name!r} is sampled at {info.fs:g} Hz, below the model's {self.model_fs:g} Hz; "
+                "streamemg does not upsample (it would invent spectrum the model relies on). "
+                f"Stream at {self.model_fs:g} Hz or more, or use a model trained at a lower rate (--model)."
+            )
+        c = info.n_channels
+        self.window_samples = int(cfg.window_samples)
+        hop_s = settings.hop_s if settings.hop_s is not None else cfg.hop_samples / self.model_fs
+        self.hop_samples = max(1, round(hop_s * self.model_fs))
+        self.filter = StreamFilter(cfg.filters, info.fs, c)
+        self.resampler = Resampler(info.fs, self.model_fs, c)
+        self.buffer = RingBuffer(self.window_samples + 2 * self.hop_samples + 16, c)
+        # the raw span of one window at the native rate, for the quality gate
+        self.raw_window = max(1, math.ceil(self.window_samples * info.fs / self.model_fs))
+        self.raw_buffer = RingBuffer(self.raw_window + math.ceil(2 * self.hop_samples * info.fs / self.model_fs), c)
+        # at most one hop of native samples per piece, so every window is emitted in order
+        self.max_piece = max(1, math.floor(self.hop_samples * info.fs / self.model_fs))
+        self.next_end = self.window_samples
+        self.window_index = 0
+        self.estimator = RollingEstimator(settings.estimates, len(cfg.classes))
+        self.status = StreamStatus.LIVE
+        self.status_detail = ""
+        self.last_seq: int | None = None
+        self.last_data_at = clock()
+        self.last_estimate: Estimate | None = None
+        self.windows = 0
+        self.dropped_samples = 0
+        self.dropped_windows = 0
+        self.rejected = 0
+        self.latencies: collections.deque[float] = collections.deque(maxlen=settings.latency_history)
+        self.decision_times: collections.deque[float] = collections.deque(maxlen=64)
+        self.levels: collections.deque[float] = collections.deque(maxlen=settings.level_bins)
+        self._level_sumsq = 0.0
+        self._level_count = 0
+        self._level_per_bin = max(1, round(settings.level_bin_s * info.fs))
+
+    # ---------------------------------------------------------------- ingest
+    def accept_seq(self, chunk: Chunk) -> bool:
+        """Check the sender's sequence number: count gaps, drop duplicates and late chunks, see restarts."""
+        seq = chunk.seq
+        if seq is None:
+            return True
+        last = self.last_seq
+        if last is not None:
+            if seq <= last:
+                if last - seq >= self.settings.restart_gap:
+                    log.info("stream %s: sequence restarted (%d after %d): new segment", self.info.name, seq, last)
+                    self.last_seq = seq
+                    return True
+                self.rejected += 1
+                return False
+            if seq > last + 1:
+                self.dropped_samples += (seq - last - 1) * chunk.n_samples
+        self.last_seq = seq
+        return True
+
+    def ingest(self, chunk: Chunk, arrival: float) -> list[Window]:
+        """Process one chunk; return the windows that became complete (oldest first).
+
+        Args:
+            chunk: ``data`` (n, C) float32 µV at the stream's rate.
+            arrival: pipeline clock time (s) at which the chunk arrived.
+        """
+        data = chunk.data
+        if data.ndim != 2 or data.shape[1] != self.info.n_channels:
+            self.rejected += 1
+            raise StreamEMGError(
+                f"stream {self.info.name!r}: chunk shaped {data.shape}, expected (n, {self.info.n_channels}); "
+                "the source must announce a new StreamInfo when the channel count changes"
+            )
+        if not self.accept_seq(chunk):
+            return []
+        self.last_data_at = arrival
+        if self.status is not StreamStatus.LIVE:
+            self.status = StreamStatus.LIVE
+            self.status_detail = ""
+        n = data.shape[0]
+        windows: list[Window] = []
+        for start in range(0, n, self.max_piece):
+            piece = data[start : start + self.max_piece]
+            self._track_level(piece)
+            self.raw_buffer.write(piece)
+            if not np.isfinite(piece).all():
+                piece = np.nan_to_num(piece, nan=0.0, posinf=0.0, neginf=0.0)
+            out = self.resampler.process(self.filter.process(piece))
+            if out.shape[0]:
+                self.buffer.write(out)
+            t_end = float(chunk.timestamps[min(start + piece.shape[0], n) - 1]) if chunk.timestamps.size else 0.0
+            while self.buffer.total_written >= self.next_end:
+                windows.append(self._cut(t_end, arrival))
+        return windows
+
+    def _cut(self, t_end: float, arrival: float) -> Window:
+        data = self.buffer.latest(self.window_samples, end=self.next_end)
+        raw = self.raw_buffer.latest(min(self.raw_window, self.raw_buffer.available()))
+        quality = assess_quality(np.ascontiguousarray(raw.T), self.settings.quality)
+        window = Window(
+            stream_id=self.info.stream_id,
+            index=self.window_index,
+            data=data,
+            t_end=t_end,
+            arrival=arrival,
+            quality=quality,
+        )
+        self.window_index += 1
+        self.next_end += self.hop_samples
+        return window
+
+    def _track_level(self, piece: np.ndarray) -> None:
+        finite = piece[np.isfinite(piece)]
+        self._level_sumsq += float(np.dot(finite.ravel(), finite.ravel())) / max(1, piece.shape[1])
+        self._level_count += piece.shape[0]
+        if self._level_count >= self._level_per_bin:
+            self.levels.append(math.sqrt(self._level_sumsq / self._level_count))
+            self._level_sumsq = 0.0
+            self._level_count = 0
+
+    # ---------------------------------------------------------------- results
+    def on_result(self, window: Window, probs: np.ndarray, now: float) -> Estimate:
+        """Turn the engine's per-channel probabilities (C, K) into this stream's Estimate."""
+        fused = fuse_channels(probs, window.quality)
+        valid = bool(np.isfinite(fused).all())
+        self.estimator.update(fused, window.t_end, valid)
+        rolling = self.estimator.rolling
+        if valid:
+            quality = "ok"
+        else:
+            bad = [q for q in window.quality if q != "ok"]
+            quality = bad[0] if bad else "no usable channel"
+        label: str | None = None
+        confidence = 0.0
+        if valid and self.trained and np.isfinite(rolling).all():
+            k = int(np.argmax(rolling))
+            label = CLASS_NAMES[k]
+            confidence = float(rolling[k])
+        latency_ms = (now - window.arrival) * 1000.0
+        self.latencies.append(latency_ms)
+        self.decision_times.append(now)
+        self.windows += 1
+        est = Estimate(
+            stream_id=self.info.stream_id,
+            name=self.info.name,
+            index=window.index,
+            time=window.t_end,
+            probabilities=tuple(float(x) for x in fused),
+            rolling=tuple(float(x) for x in rolling),
+            cumulative=tuple(float(x) for x in self.estimator.cumulative),
+            label=label,
+            confidence=confidence,
+            quality=quality,
+            latency_ms=latency_ms,
+            trained=self.trained,
+            channel_quality=window.quality,
+        )
+        self.last_estimate = est
+        return est
+
+    def snapshot(self, now: float) -> StreamSnapshot:
+        lat = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
+        rate = 0.0
+        if len(self.decision_times) >= 2:
+            span = now - self.decision_times[0]
+            rate = (len(self.decision_times) - 1) / span if span > 0 else 0.0
+        return StreamSnapshot(
+            stream_id=self.info.stream_id,
+            name=self.info.name,
+            source=self.info.source,
+            fs=self.info.fs,
+            n_channels=self.info.n_channels,
+            status=self.status,
+            status_detail=self.status_detail,
+            level=tuple(self.levels),
+            last=self.last_estimate,
+            latency_p50_ms=float(np.percentile(lat, 50)) if lat is not None else float("nan"),
+            latency_p99_ms=float(np.percentile(lat, 99)) if lat is not None else float("nan"),
+            windows_per_s=rate,
+            windows=self.windows,
+            dropped_samples=self.dropped_samples + self.buffer.overrun,
+            dropped_windows=self.dropped_windows,
+            rejected=self.rejected,
+        )
+
+
+class Pipeline:
+    """Wires sources, stream states, the inference engine and sinks; see the module docstring.
+
+    Args:
+        sources: un-entered sources (the pipeline enters and exits them).
+        sinks: un-entered sinks (each runs behind a bounded SinkRunner).
+        bundle: the model bundle (weights + settings).
+        settings: windowing / estimate settings.
+        engine_settings: batching and device.
+        clock: injectable monotonic clock (latency, staleness).
+        on_estimate: optional synchronous callback for every Estimate (in-process consumers).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        sinks: Sequence[Sink] = (),
+        bundle: ModelBundle | None = None,
+        settings: PipelineSettings | None = None,
+        engine_settings: EngineSettings | None = None,
+        clock: Clock = monotonic,
+        on_estimate: Callable[[Estimate], None] | None = None,
+    ) -> None:
+        if bundle is None:
+            from .model import load_bundle
+
+            bundle = load_bundle(None)
+        self.bundle = bundle
+        self.settings = settings or PipelineSettings()
+        self.engine_settings = engine_settings or EngineSettings()
+        self.clock = clock
+        self.sources = list(sources)
+        self.runners = [SinkRunner(s, self.settings.sink) for s in sinks]
+        self.on_estimate = on_estimate
+        self.streams: dict[str, StreamState] = {}
+        self.errors: collections.deque[str] = collections.deque(maxlen=8)
+        self.engine: InferenceEngine | None = None
+        self.started_at = clock()
+        self.refused_streams = 0
+        self.source_errors: dict[str, str] = {}
+        self._stop = asyncio.Event()
+
+    # ---------------------------------------------------------------- public
+    def stop(self) -> None:
+        """Ask the pipeline to finish: sources close, queued windows and estimates drain, sinks flush."""
+        self._stop.set()
+
+    async def run(self, duration: float | None = None) -> None:
+        """Run until every source has ended, ``duration`` seconds passed, or :meth:`stop` was called."""
+        self.started_at = self.clock()
+        self._stop.clear()
+        engine = InferenceEngine(self.bundle, self.engine_settings, on_result=self._on_result, clock=self.clock)
+        self.engine = engine
+        runners = []
+        for r in self.runners:
+            try:
+                await r.sink.__aenter__()
+                runners.append(r)
+            except Exception as exc:  # an output that cannot open is reported; the others go on
+                self._error(f"output {r.name} could not be opened: {exc}")
+        self.runners = runners
+        try:
+            async with engine, asyncio.TaskGroup() as tg:
+                sink_tasks = [tg.create_task(r.run(), name=f"sink:{r.name}") for r in runners]
+                source_tasks = [tg.create_task(self._run_source(s), name=f"source:{s.uri}") for s in self.sources]
+                helpers = [
+                    tg.create_task(self._watchdog(), name="watchdog"),
+                    tg.create_task(self._stop.wait(), name="stop-request"),
+                ]
+                ends: set[asyncio.Future[object]] = {helpers[1]}
+                if source_tasks:
+                    ends.add(asyncio.gather(*source_tasks, return_exceptions=True))
+                await asyncio.wait(ends, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+                for t in [*source_tasks, *helpers]:
+                    t.cancel()
+                await asyncio.gather(*source_tasks, *helpers, return_exceptions=True)
+                await engine.drain()
+                for r in runners:
+                    r.close()
+                await asyncio.gather(*sink_tasks, return_exceptions=True)
+        finally:
+            for r in runners:
+                r.close()
+                try:
+                    await r.sink.__aexit__(None, None, None)
+                except Exception as exc:  # closing an output must not hide other results
+                    self._error(f"closing output {r.name}: {exc}")
+
+    def snapshot(self) -> PipelineSnapshot:
+        """An immutable picture of the whole pipeline for the dashboard (cheap: O(streams))."""
+        now = self.clock()
+        streams = tuple(s.snapshot(now) for s in self.streams.values())
+        stats = self.engine.stats if self.engine is not None else None
+        return PipelineSnapshot(
+            device=str(self.engine.device) if self.engine is not None else self.engine_settings.device,
+            model_name=self.bundle.name,
+            trained=self.bundle.trained,
+            uptime_s=now - self.started_at,
+            streams=streams,
+            batch_mean=float(stats.batch_mean) if stats else 0.0,
+            batch_max=int(stats.batch_max) if stats else 0,
+            max_batch=self.engine_settings.max_batch,
+            windows_total=sum(s.windows for s in streams),
+            windows_per_s=sum(s.windows_per_s for s in streams),
+            dropped_windows=sum(s.dropped_windows for s in streams),
+            sink_drops={r.name: r.dropped for r in self.runners},
+            errors=tuple(self.errors),
+        )
+
+    # ---------------------------------------------------------------- internals
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.errors.append(message)
+
+    async def _run_source(self, source: Source) -> None:
+        try:
+            async with source:
+                async for item in source:
+                    if isinstance(item, Chunk):
+                        await self._on_chunk(item, source)
+                    elif isinstance(item, StreamInfo):
+                        self._on_info(item, source)
+                    elif isinstance(item, StatusEvent):
+                        self._on_status(item)
+        except asyncio.CancelledError:
+            raise
+        except StreamEMGError as exc:
+            self.source_errors[source.uri] = str(exc)
+            self._error(f"source {source.uri}: {exc}")
+        except Exception as exc:  # a broken source ends itself, never the pipeline or other streams
+            log.exception("source %s failed", source.uri)
+            self.source_errors[source.uri] = f"{type(exc).__name__}: {exc}"
+            self._error(f"source {source.uri} failed: {type(exc).__name__}: {exc}")
+        finally:
+            for state in self.streams.values():
+                if state.source is source and state.status is not StreamStatus.ENDED:
+                    state.status = StreamStatus.ENDED
+
+    def _on_info(self, info: StreamInfo, source: Source) -> None:
+        old = self.streams.get(info.stream_id)
+        if old is not None and old.info.signature == info.signature and old.source is source:
+            old.info = info
+            return
+        if old is None and len(self.streams) >= self.settings.max_streams:
+            self.refused_streams += 1
+            self._error(
+                f"stream {info.name!r} refused: {self.settings.max_streams} streams already "
+                "(raise max_streams or shard the devices over several workers)"
+            )
+            return
+        if info.source == "" and hasattr(source, "uri"):
+            info = StreamInfo(
+                info.stream_id, info.name, info.fs, info.channels, info.units, source.uri, info.meta
+            )
+        try:
+            state = StreamState(info, source, self.bundle, self.settings, self.clock)
+        except StreamEMGError as exc:
+            self._error(str(exc))
+            return
+        if old is not None:  # a changed signature: carry the counters, start a new segment
+            state.dropped_samples = old.dropped_samples
+            state.dropped_windows = old.dropped_windows
+            state.rejected = old.rejected
+            state.windows = old.windows
+            log.info("stream %s re-initialised: %s -> %s", info.name, old.info.signature, info.signature)
+        self.streams[info.stream_id] = state
+        for r in self.runners:
+            r.announce(info)
+
+    def _on_status(self, event: StatusEvent) -> None:
+        state = self.streams.get(event.stream_id)
+        if state is None:
+            return
+        state.status = event.status
+        state.status_detail = event.detail
+        state.dropped_samples += event.dropped_samples
+
+    async def _on_chunk(self, chunk: Chunk, source: Source) -> None:
+        state = self.streams.get(chunk.stream_id)
+        if state is None:
+            return  # refused stream or data before its announcement
+        arrival = self.clock()
+        try:
+            windows = state.ingest(chunk, arrival)
+        except StreamEMGError as exc:
+            self._error(str(exc))
+            return
+        engine = self.engine
+        assert engine is not None
+        for w in windows:
+            if source.realtime:
+                if not engine.submit_nowait(w):
+                    state.dropped_windows += 1
+            else:
+                await engine.submit(w)
+        if not source.realtime:
+            await asyncio.sleep(0)  # let the engine and sinks run between file chunks
+
+    def _on_result(self, window: Window, probs: np.ndarray) -> None:
+        state = self.streams.get(window.stream_id)
+        if state is None:
+            return
+        est = state.on_result(window, probs, self.clock())
+        for r in self.runners:
+            r.put(est)
+        if self.on_estimate is not None:
+            self.on_estimate(est)
+
+    async def _watchdog(self) -> None:
+        period = min(0.25, self.settings.stale_after_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            now = self.clock()
+            for state in self.streams.values():
+                if state.status is StreamStatus.LIVE and now - state.last_data_at > self.settings.stale_after_s:
+                    state.status = StreamStatus.STALE
+                    state.status_detail = f"no data for {now - state.last_data_at:.1f} s"
