@@ -85,9 +85,7 @@ class RingBuffer:
         """
         data = np.asarray(data)
         if data.ndim != 2 or data.shape[1] != self.n_channels:
-            raise ValueError(
-                f"RingBuffer.write expects data shaped (n, {self.n_channels}); got {data.shape}"
-            )
+            raise ValueError(f"RingBuffer.write expects data shaped (n, {self.n_channels}); got {data.shape}")
         n = int(data.shape[0])
         if n == 0:
             return

@@ -204,8 +204,12 @@ class Delta(nn.Module):
 
         d[t] = sum_{n=1..W} n (c[t+n] - c[t-n]) / (2 sum_{n=1..W} n²)
 
-    with ``c[t]`` for ``t`` outside ``[0, N)`` taken as the first/last frame. ``(..., N) -> (..., N)``.
+    with ``c[t]`` for ``t`` outside ``[0, N)`` taken as the first/last frame. ``(B, F, N) -> (B, F, N)``.
+    Computed as one edge-padded ``conv1d`` with the integer kernel ``-W .. W`` (a buffer; exact, so a constant
+    input gives exactly zero) followed by the division.
     """
+
+    kernel: Tensor
 
     def __init__(self, width: int = 2) -> None:
         super().__init__()
@@ -213,16 +217,17 @@ class Delta(nn.Module):
             raise ConfigError(f"Delta width={width!r}: must be an integer >= 1")
         self.width = width
         self.norm = 2.0 * sum(n * n for n in range(1, width + 1))
+        kernel = torch.arange(-width, width + 1, dtype=torch.float32)
+        self.register_buffer("kernel", kernel.reshape(1, 1, -1), persistent=False)
 
     def forward(self, c: Tensor) -> Tensor:
         """``c`` (B, F, N) -> (B, F, N)."""
-        w, n_frames = self.width, c.shape[-1]
-        idx = torch.arange(-w, n_frames + w, device=c.device).clamp_(0, n_frames - 1)
-        padded = c.index_select(-1, idx)  # (..., N + 2w), edges replicated
-        out = torch.zeros_like(c)
-        for n in range(1, w + 1):
-            out = out + n * (padded[..., w + n : w + n + n_frames] - padded[..., w - n : w - n + n_frames])
-        return out / self.norm
+        if c.dim() != 3:
+            raise ValueError(f"Delta expects (B, F, N), got shape {tuple(c.shape)}")
+        b, f, n = c.shape
+        padded = F.pad(c, (self.width, self.width), mode="replicate")  # (B, F, N + 2W)
+        out = F.conv1d(padded.reshape(b * f, 1, n + 2 * self.width), self.kernel.to(c.dtype))
+        return out.reshape(b, f, n) / self.norm
 
 
 class SpectralFeatures(nn.Module):

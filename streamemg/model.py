@@ -94,7 +94,8 @@ class ArchSettings:
             and all(_is_int(c) and c >= 1 for c in self.channels)
         ):
             raise ConfigError(
-                f"ArchSettings.channels={self.channels!r}: give a non-empty tuple of positive integers, e.g. (16, 24, 32)"
+                f"ArchSettings.channels={self.channels!r}: give a non-empty tuple of positive integers, "
+                "e.g. (16, 24, 32)"
             )
         if not (_is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1):
             raise ConfigError(f"ArchSettings.kernel_size={self.kernel_size!r}: use an odd integer >= 1, e.g. 3")
@@ -315,10 +316,10 @@ class Classifier(nn.Module):
 
 def _plain(value: Any, where: str) -> Any:
     """Convert to the plain types that ``torch.load(weights_only=True)`` accepts (numpy -> python)."""
+    if isinstance(value, np.generic):  # before the float check: np.float64 subclasses float
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Mapping):
@@ -407,7 +408,9 @@ class ModelBundle:
         except (ConfigError, TypeError, ValueError) as exc:
             raise ModelError(f"{source} has an invalid model config: {exc}; {hint}") from exc
         state = data["state_dict"]
-        if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())):
+        if not (
+            isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())
+        ):
             raise ModelError(f"{source}: state_dict must map parameter names to tensors; {hint}")
         for key in ("training", "metrics"):
             if not isinstance(data[key], dict):
@@ -441,8 +444,10 @@ class ModelBundle:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling, zip and I/O errors all mean "not a usable bundle"
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [""]
+            detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0])[:240]
             raise ModelError(
-                f"could not read model file {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"could not read model file {path} ({type(exc).__name__}: {detail}); "
                 "it is corrupt, truncated or not a streamemg bundle: re-create it with `streamemg train`"
             ) from exc
         return cls.from_dict(data, source=str(path))

@@ -135,6 +135,7 @@ class StreamState:
         self.dropped_samples = 0
         self.dropped_windows = 0
         self.rejected = 0
+        self.accepted = False  # whether the last chunk passed the sequence check
         self.latencies: collections.deque[float] = collections.deque(maxlen=settings.latency_history)
         self.decision_times: collections.deque[float] = collections.deque(maxlen=64)
         self.levels: collections.deque[float] = collections.deque(maxlen=settings.level_bins)
@@ -178,6 +179,7 @@ class StreamState:
             )
         if not self.accept_seq(chunk):
             return []
+        self.accepted = True
         self.last_data_at = arrival
         if self.status is not StreamStatus.LIVE:
             self.status = StreamStatus.LIVE
@@ -188,12 +190,14 @@ class StreamState:
             piece = data[start : start + self.max_piece]
             self._track_level(piece)
             self.raw_buffer.write(piece)
-            if not np.isfinite(piece).all():
-                piece = np.nan_to_num(piece, nan=0.0, posinf=0.0, neginf=0.0)
+            # non-finite samples are held at the last finite value inside StreamFilter (no step through the
+            # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
             out = self.resampler.process(self.filter.process(piece))
             if out.shape[0]:
                 self.buffer.write(out)
-            t_end = float(chunk.timestamps[min(start + piece.shape[0], n) - 1]) if chunk.timestamps.size else 0.0
+            # the newest model-rate sample represents the input ``delay_s`` earlier (resampler group delay)
+            t_last = float(chunk.timestamps[min(start + piece.shape[0], n) - 1]) if chunk.timestamps.size else 0.0
+            t_end = t_last - self.resampler.delay_s
             while self.buffer.total_written >= self.next_end:
                 windows.append(self._cut(t_end, arrival))
         return windows
@@ -201,7 +205,7 @@ class StreamState:
     def _cut(self, t_end: float, arrival: float) -> Window:
         data = self.buffer.latest(self.window_samples, end=self.next_end)
         raw = self.raw_buffer.latest(min(self.raw_window, self.raw_buffer.available()))
-        quality = assess_quality(np.ascontiguousarray(raw.T), self.settings.quality)
+        quality = assess_quality(raw.T, self.settings.quality)
         window = Window(
             stream_id=self.info.stream_id,
             index=self.window_index,
@@ -446,6 +450,7 @@ class Pipeline:
         try:
             state = StreamState(info, source, self.bundle, self.settings, self.clock)
         except StreamEMGError as exc:
+            self.source_errors[source.uri] = str(exc)
             self._error(str(exc))
             return
         if old is not None:  # a changed signature: carry the counters, start a new segment
@@ -471,11 +476,16 @@ class Pipeline:
         if state is None:
             return  # refused stream or data before its announcement
         arrival = self.clock()
+        state.accepted = False
         try:
             windows = state.ingest(chunk, arrival)
         except StreamEMGError as exc:
             self._error(str(exc))
             return
+        if state.accepted:
+            for r in self.runners:
+                if r.wants_chunks:
+                    r.put_chunk(chunk)
         engine = self.engine
         assert engine is not None
         for w in windows:

@@ -160,7 +160,7 @@ def test_silence_is_finite() -> None:
 def test_basis_is_a_buffer_that_moves_but_is_not_saved() -> None:
     feats = SpectralFeatures(FeatureSettings())
     names = [n for n, _ in feats.named_buffers()]
-    assert names == ["spectrogram.basis"]
+    assert names == ["spectrogram.basis", "delta.kernel"]
     assert feats.state_dict() == {}  # derived from settings: never stale in a saved bundle
     moved = feats.to(torch.float64)
     assert moved.spectrogram.basis.dtype == torch.float64

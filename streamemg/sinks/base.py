@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
-from ..types import Estimate, StreamInfo
+from ..types import Chunk, Estimate, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ class Sink(Protocol):
 
     ``announce`` is called once per stream (and again on a signature change) before its first estimate,
     so sinks that create per-stream resources (LSL outlets, topics) can do so.
+
+    A sink whose class sets ``wants_chunks = True`` also gets every accepted Chunk through
+    ``async write_chunk(chunk)`` (the recorder does), in arrival order with the estimates.
     """
 
     name: str
@@ -68,7 +71,8 @@ class SinkRunner:
     def __init__(self, sink: Sink, settings: SinkSettings | None = None) -> None:
         self.sink = sink
         self.settings = settings or SinkSettings()
-        self._queue: collections.deque[tuple[str, Estimate | StreamInfo]] = collections.deque()
+        self._queue: collections.deque[tuple[str, Estimate | StreamInfo | Chunk]] = collections.deque()
+        self.wants_chunks = bool(getattr(sink, "wants_chunks", False))
         self._wake = asyncio.Event()
         self._closed = False
         self.sent = 0
@@ -83,12 +87,16 @@ class SinkRunner:
     def put(self, estimate: Estimate) -> None:
         self._enqueue(("estimate", estimate))
 
+    def put_chunk(self, chunk: Chunk) -> None:
+        """Queue a received chunk for a sink that records raw data (``wants_chunks``)."""
+        self._enqueue(("chunk", chunk))
+
     def announce(self, info: StreamInfo) -> None:
         # announcements are never dropped: they are rare and sinks need them.
         self._queue.append(("announce", info))
         self._wake.set()
 
-    def _enqueue(self, item: tuple[str, Estimate | StreamInfo]) -> None:
+    def _enqueue(self, item: tuple[str, Estimate | StreamInfo | Chunk]) -> None:
         if len(self._queue) >= self.settings.queue_size:
             self.dropped += 1
             if self.settings.drop == "newest":
@@ -111,6 +119,9 @@ class SinkRunner:
                     if kind == "announce":
                         assert isinstance(item, StreamInfo)
                         await self.sink.announce(item)
+                    elif kind == "chunk":
+                        assert isinstance(item, Chunk)
+                        await self.sink.write_chunk(item)  # type: ignore[attr-defined]
                     else:
                         assert isinstance(item, Estimate)
                         await self.sink.send(item)
