@@ -623,10 +623,11 @@ class DashboardRenderer:
         self, s: StreamSnapshot, layout: tuple[tuple[_Column, int], ...], width: int, trained: bool
     ) -> list[Segment]:
         key = (width, trained, s)
+        cacheable = True
         try:
             cached = self._row_cache.get(key)
-        except TypeError:  # an unhashable field (should not happen with the frozen snapshot types)
-            cached, key = None, None  # type: ignore[assignment]
+        except TypeError:  # an unhashable field value slipped into the snapshot: render without the cache
+            cached, cacheable = None, False
         if cached is not None:
             return cached
         # Fewer segments means less work for rich (it measures and crops every segment of every frame):
@@ -649,7 +650,7 @@ class DashboardRenderer:
                     styles.append(style)
         segs = [Segment(t, st) for t, st in zip(texts, styles, strict=True)]
         segs.append(Segment.line())
-        if key is not None:
+        if cacheable:
             if len(self._row_cache) >= self._row_cache_size:
                 self._row_cache.clear()  # frames rebuild what they need; cheaper than LRU bookkeeping
             self._row_cache[key] = segs
@@ -769,7 +770,7 @@ class DashboardRenderer:
                 (f" · rows {first + 1}-{first + n_visible} of {n}", _S_DIM),
             ]
             if page_s is not None:
-                keys.append((f" · next every {page_s:g} s", _S_DIM))
+                keys.append((f" · pages turn every {page_s:g} s", _S_DIM))
         else:
             keys.append((f"all {n} stream{'s' if n != 1 else ''}", _S_DIM))
         keys += [(" │ ", _S_SEP), ("problems first, then by name", _S_DIM)]

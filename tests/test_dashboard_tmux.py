@@ -70,11 +70,12 @@ class Pane:
             time.sleep(0.2)
         raise AssertionError(f"no {what} within {timeout:.0f} s; the pane shows:\n{text}")
 
-    def wait_exit(self, timeout: float) -> int | None:
+    def wait_exit(self, timeout: float) -> int:
+        """Wait until the command has exited and tmux knows its exit status; return the status."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead, status = self.dead()
-            if dead:
+            if dead and status is not None:  # the pane can read as dead a moment before the status is known
                 return status
             time.sleep(0.2)
         raise AssertionError(f"the command did not exit within {timeout:.0f} s; the pane shows:\n{self.capture()}")

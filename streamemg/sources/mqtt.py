@@ -959,7 +959,9 @@ async def measure_ingest_throughput(
     Returns:
         dict with ``raw_msgs_per_s``, ``ingest_msgs_per_s``, ``ingest_samples_per_s`` (samples per channel),
         ``ratio`` (best ingest / best raw; target >= 0.8), ``ratio_median`` (median of the per-round ratios),
-        ``rounds`` (per-round details) and the source counters of the last round.
+        ``cpu_ratio`` (the same from messages per CPU-second of the receiving thread: robust on a shared
+        machine, where other processes steal wall time), ``complete`` (every message arrived in every
+        phase), ``rounds`` (per-round details) and the source counters of the last round.
     """
     from ..broker import EmbeddedBroker
 
@@ -987,18 +989,23 @@ async def measure_ingest_throughput(
             with contextlib.suppress(OSError):
                 os.unlink(blob_path)
         counters = ingest.pop("counters")
-        raw_rate = _rate(raw)
-        ingest_rate = _rate(ingest)
+        raw_rate, raw_cpu = _rate(raw, "seconds"), _rate(raw, "cpu_seconds")
+        ingest_rate, ingest_cpu = _rate(ingest, "seconds"), _rate(ingest, "cpu_seconds")
         per_round.append({
             "raw_received": raw["received"],
             "raw_msgs_per_s": raw_rate,
+            "raw_msgs_per_cpu_s": raw_cpu,
             "ingest_received": ingest["received"],
             "ingest_msgs_per_s": ingest_rate,
-            "ratio": ingest_rate / raw_rate if raw_rate > 0 else float("nan"),
+            "ingest_msgs_per_cpu_s": ingest_cpu,
+            "ratio": ingest_rate / raw_rate if raw_rate > 0 else math.nan,
+            "cpu_ratio": ingest_cpu / raw_cpu if raw_cpu > 0 else math.nan,
             "publisher_msgs_per_s": min(raw["publisher_rate"], ingest["publisher_rate"]),
         })
-    best_raw = max(r["raw_msgs_per_s"] for r in per_round)
-    best_ingest = max(r["ingest_msgs_per_s"] for r in per_round)
+    best_raw = _best(r["raw_msgs_per_s"] for r in per_round)
+    best_ingest = _best(r["ingest_msgs_per_s"] for r in per_round)
+    best_raw_cpu = _best(r["raw_msgs_per_cpu_s"] for r in per_round)
+    best_ingest_cpu = _best(r["ingest_msgs_per_cpu_s"] for r in per_round)
     ratios = sorted(r["ratio"] for r in per_round)
     return {
         "broker": connection.display(),
@@ -1009,17 +1016,26 @@ async def measure_ingest_throughput(
         "raw_msgs_per_s": best_raw,
         "ingest_msgs_per_s": best_ingest,
         "ingest_samples_per_s": best_ingest * samples_per_message,
-        "ratio": best_ingest / best_raw if best_raw > 0 else float("nan"),
+        "ratio": best_ingest / best_raw if best_raw > 0 else math.nan,
         "ratio_median": ratios[len(ratios) // 2],
+        "raw_msgs_per_cpu_s": best_raw_cpu,
+        "ingest_msgs_per_cpu_s": best_ingest_cpu,
+        "cpu_ratio": best_ingest_cpu / best_raw_cpu if best_raw_cpu > 0 else math.nan,
         "complete": all(r["raw_received"] == total and r["ingest_received"] == total for r in per_round),
         "rounds": per_round,
         "source_counters": counters,
     }
 
 
-def _rate(phase: dict[str, Any]) -> float:
-    seconds = phase["seconds"]
-    return (phase["received"] - 1) / seconds if seconds > 0 and phase["received"] > 1 else float("nan")
+def _rate(phase: dict[str, Any], key: str) -> float:
+    """Messages per second after the first one (NaN when not measurable)."""
+    seconds = phase[key]
+    return (phase["received"] - 1) / seconds if seconds > 0 and phase["received"] > 1 else math.nan
+
+
+def _best(values: Iterator[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else math.nan
 
 
 def _bench_payloads(
@@ -1117,16 +1133,30 @@ async def _finish_publisher(proc: asyncio.subprocess.Process, timeout_s: float) 
 class _Progress:
     """Receiver-side progress of one benchmark phase."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int) -> None:
+        self.total = total
         self.received = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = math.nan
 
     def tick(self) -> None:
         self.received += 1
         self.last = time.perf_counter()
         if self.received == 1:
             self.first = self.last
+            self.cpu_first = time.thread_time()
+        elif self.received == self.total:
+            self.cpu_last = time.thread_time()
+
+    def result(self) -> dict[str, Any]:
+        """Received messages, wall seconds and receiving-thread CPU seconds (NaN if incomplete)."""
+        return {
+            "received": self.received,
+            "seconds": self.last - self.first,
+            "cpu_seconds": self.cpu_last - self.cpu_first,
+        }
 
 
 async def _watch(task: asyncio.Task[None], progress: _Progress, timeout_s: float, idle_s: float = 2.0) -> None:
@@ -1150,7 +1180,7 @@ async def _bench_raw(
     connection: MqttConnection, prefix: str, blob_path: str, total: int, timeout_s: float
 ) -> dict[str, Any]:
     client = await connection.client()
-    progress = _Progress()
+    progress = _Progress(total)
 
     async def consume() -> None:
         async for message in client.messages:
@@ -1164,7 +1194,7 @@ async def _bench_raw(
         proc = await _publish_blob(connection, blob_path)
         await _watch(asyncio.create_task(consume(), name="bench-raw"), progress, timeout_s)
         rate = await _finish_publisher(proc, timeout_s)
-    return {"received": progress.received, "seconds": progress.last - progress.first, "publisher_rate": rate}
+    return {**progress.result(), "publisher_rate": rate}
 
 
 async def _bench_ingest(
@@ -1175,7 +1205,7 @@ async def _bench_ingest(
     settings = MqttSourceSettings(connection=connection, topic_filter=f"{prefix}/+", qos=0, queue_size=max(1, total))
     source = MqttSource(settings)
     buffers: dict[str, RingBuffer] = {}
-    progress = _Progress()
+    progress = _Progress(total)
 
     async def consume() -> None:
         async for item in source:
@@ -1193,9 +1223,4 @@ async def _bench_ingest(
         rate = await _finish_publisher(proc, timeout_s)
     counters: dict[str, Any] = source.counters.as_dict()
     counters["ring_samples"] = sum(b.total_written for b in buffers.values())
-    return {
-        "received": progress.received,
-        "seconds": progress.last - progress.first,
-        "publisher_rate": rate,
-        "counters": counters,
-    }
+    return {**progress.result(), "publisher_rate": rate, "counters": counters}
