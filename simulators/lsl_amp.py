@@ -121,23 +121,44 @@ class AmpSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``streamemg simulate lsl`` options to ``parser``."""
     parser.add_argument("--name", default="Amp1", help="LSL stream name (default: Amp1)")
-    parser.add_argument("--class", dest="cls", default="normal", metavar="CLASS",
-                        help="simulated class: normal, als or myopathy (default: normal)")
+    parser.add_argument(
+        "--class",
+        dest="cls",
+        default="normal",
+        metavar="CLASS",
+        help="simulated class: normal, als or myopathy (default: normal)",
+    )
     parser.add_argument("--channels", type=int, default=1, help="EMG channels (default: 1)")
-    parser.add_argument("--fs", type=float, default=None,
-                        help="sampling rate in Hz (default: 10000; with --replay the recording's rate)")
+    parser.add_argument(
+        "--fs",
+        type=float,
+        default=None,
+        help="sampling rate in Hz (default: 10000; with --replay the recording's rate)",
+    )
     parser.add_argument("--chunk-ms", type=float, default=10.0, help="milliseconds per pushed chunk (default: 10)")
     parser.add_argument("--counter", action="store_true", help="add a sample-counter channel (integrity checks)")
-    parser.add_argument("--replay", metavar="FILE", default=None,
-                        help="play a recording (any format streamemg reads), looped, instead of synthetic EMG")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="stop after S seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--replay",
+        metavar="FILE",
+        default=None,
+        help="play a recording (any format streamemg reads), looped, instead of synthetic EMG",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic EMG (default: 0)")
     parser.add_argument("--type", default="EMG", help="LSL content type (default: EMG)")
-    parser.add_argument("--source-id", default=None,
-                        help="LSL source_id (default: streamemg-sim-<name>; keep it stable so inlets recover)")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="float32",
-                        help="sample format on the wire (default: float32; integer formats carry whole µV)")
+    parser.add_argument(
+        "--source-id",
+        default=None,
+        help="LSL source_id (default: streamemg-sim-<name>; keep it stable so inlets recover)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="float32",
+        help="sample format on the wire (default: float32; integer formats carry whole µV)",
+    )
     parser.add_argument("--mains", type=float, default=None, metavar="HZ", help="add mains hum at HZ (50 or 60)")
     parser.add_argument("--mains-uv", type=float, default=20.0, help="mains hum amplitude in µV (default: 20)")
 
@@ -215,8 +236,9 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
 
         fs = float(settings.fs) if settings.fs is not None else 10000.0
         mains_uv = settings.mains_uv if settings.mains_hz is not None else 0.0
-        gen = EMGSimulator(settings.cls, fs, settings.channels, settings.seed,
-                           mains_hz=settings.mains_hz, mains_uv=mains_uv)
+        gen = EMGSimulator(
+            settings.cls, fs, settings.channels, settings.seed, mains_hz=settings.mains_hz, mains_uv=mains_uv
+        )
         labels = tuple(f"EMG{i + 1}" for i in range(settings.channels))
         detail = {"class": gen.label, "seed": str(settings.seed)}
         what = f"synthetic {gen.label} EMG (seed {settings.seed})"
@@ -229,8 +251,11 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
     sent = 0
     try:
         info = _make_info(pylsl, settings, fs, labels, detail)
-        holder.append(await executor.call(pylsl.StreamOutlet, info, 0, 60, timeout_s=10.0,
-                                          what=f"creating LSL outlet {settings.name!r}"))
+        holder.append(
+            await executor.call(
+                pylsl.StreamOutlet, info, 0, 60, timeout_s=10.0, what=f"creating LSL outlet {settings.name!r}"
+            )
+        )
         del info
         outlet = holder[0]
         if not quiet:

@@ -58,7 +58,8 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
     sections = {"run", "engine", "pipeline", "estimates", "quality"}
     for name, value in raw.items():
         if name not in sections:
-            raise ConfigError(f"config file {p}: unknown section [{name}]; valid sections: {', '.join(sorted(sections))}")
+            valid = ", ".join(sorted(sections))
+            raise ConfigError(f"config file {p}: unknown section [{name}]; valid sections: {valid}")
         if not isinstance(value, dict):
             raise ConfigError(f"config file {p}: [{name}] must be a table of settings")
     run = raw.get("run", {})

@@ -444,8 +444,8 @@ def cross_validate(
 
     settings = settings or TrainSettings(seed=seed)
     subjects = [p.ref.subject for p in prepared]
-    labels = [p.ref.label for p in prepared]
-    splits = subject_folds(subjects, labels, folds, seed)
+    strata = [f"{p.ref.dataset}:{p.ref.label}" for p in prepared]  # stratify by data set and class
+    splits = subject_folds(subjects, strata, folds, seed)
     windows, recordings = [], []
     fold_info = []
     for i, (tr, te) in enumerate(splits):

@@ -64,8 +64,9 @@ def import_pylsl() -> ModuleType:
         module = importlib.import_module("pylsl")
         module.local_clock()  # proves that the native library is usable
     except (ImportError, OSError, RuntimeError, AttributeError) as exc:
-        raise LSLUnavailableError(f"Lab Streaming Layer is not available ({type(exc).__name__}: {exc}). "
-                                  + INSTALL_HINT) from exc
+        raise LSLUnavailableError(
+            f"Lab Streaming Layer is not available ({type(exc).__name__}: {exc}). " + INSTALL_HINT
+        ) from exc
     _pylsl = module
     return module
 
@@ -126,7 +127,11 @@ class LSLExecutor:
         except RuntimeError as exc:  # pool shut down between the check and the submit
             raise SourceError(f"LSL worker {self.name!r} is closed; cannot run: {what}") from exc
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result and drops an outside
+            # cancellation that arrives in the same loop iteration as the result, which would let a cancelled
+            # poll loop run on forever.
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError as exc:
             raise SourceError(
                 f"LSL call did not finish within {timeout_s:g} s: {what}. The machine may be overloaded or the "

@@ -95,6 +95,8 @@ class AugmentSettings:
         hum_prob: probability of adding mains hum (fundamental + 2 harmonics, random phases).
         hum_rel_db: ``(low, high)`` hum RMS relative to the window RMS, dB.
         hum_hz: mains frequencies drawn from (50 and/or 60 Hz).
+        tilt_db_per_octave: each window's spectrum is tilted by a slope drawn uniformly in
+            ``[-tilt, +tilt]`` dB per octave (about 1 kHz), imitating other electrodes and amplifier filters.
         time_shift: draw training windows at any grid offset (False: only the stream grid).
     """
 
@@ -104,6 +106,7 @@ class AugmentSettings:
     hum_prob: float = 0.5
     hum_rel_db: tuple[float, float] = (-30.0, 0.0)
     hum_hz: tuple[float, ...] = (50.0, 60.0)
+    tilt_db_per_octave: float = 0.0
     time_shift: bool = True
 
     def __post_init__(self) -> None:
@@ -123,7 +126,7 @@ class AugmentSettings:
     @classmethod
     def off(cls) -> AugmentSettings:
         """No augmentation (and windows only on the stream grid)."""
-        return cls(gain_db=0.0, noise_prob=0.0, hum_prob=0.0, time_shift=False)
+        return cls(gain_db=0.0, noise_prob=0.0, hum_prob=0.0, tilt_db_per_octave=0.0, time_shift=False)
 
 
 BALANCE_MODES = ("none", "class", "site_class_subject")
@@ -479,6 +482,12 @@ def augment_batch(x: torch.Tensor, fs: float, settings: AugmentSettings, gen: to
             hum = hum + amp * torch.sin(2 * math.pi * h * f0 * tt + phase)
         hum = hum / hum.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-6)
         out = out + on * hum * rms * torch.pow(10.0, rel / 20.0)
+    if settings.tilt_db_per_octave > 0:
+        spec = torch.fft.rfft(out, dim=1)
+        freqs = torch.fft.rfftfreq(t, d=1.0 / fs).to(dev).clamp_min(20.0)
+        slope = uniform(-settings.tilt_db_per_octave, settings.tilt_db_per_octave)
+        gain = torch.pow(10.0, slope * torch.log2(freqs / 1000.0)[None, :] / 20.0)
+        out = torch.fft.irfft(spec * gain, n=t, dim=1)
     if settings.gain_db > 0:
         g = uniform(-settings.gain_db, settings.gain_db)
         out = out * torch.pow(10.0, g / 20.0)
@@ -646,3 +655,70 @@ def train_bundle(
         training=training,
         metrics=dict(metrics or {}),
     )
+
+
+def render_model_card(bundle: Any, command: str = "") -> str:
+    """A Markdown model card from a bundle's config, training summary and embedded metrics."""
+    cfg = bundle.config
+    tr = bundle.training
+    lines = [
+        f"# Model card: {bundle.name}",
+        "",
+        "**Research use only; not a medical device.** Outputs are not a diagnosis.",
+        "",
+        "## Model",
+        "",
+        f"- Classes: {', '.join(cfg.classes)}",
+        f"- Model rate {cfg.fs:g} Hz; window {cfg.window_s:g} s ({cfg.window_samples} samples), hop {cfg.hop_s:g} s",
+        f"- Features: {json.dumps(cfg.features.to_dict())}",
+        f"- Filters (native rate, causal): {json.dumps(cfg.filters.to_dict())}",
+        f"- Architecture: {json.dumps(cfg.arch.to_dict())}",
+        f"- Parameters: {tr.get('parameters', 'n/a')}; FLOPs per window: {tr.get('flops_per_window', 'n/a')}",
+        "",
+        "## Training",
+        "",
+    ]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    for key, value in (tr.get("data") or {}).items():
+        lines.append(
+            f"- {key}: {value['recordings']} recordings, {value['subjects']} subjects, classes {value['classes']}"
+        )
+    lines += [
+        f"- Epochs {tr.get('epochs')}, {tr.get('windows_per_epoch')} windows per epoch, {tr.get('seconds')} s on "
+        f"{tr.get('device')}; final training loss {tr.get('final_loss', float('nan')):.4f}",
+        f"- Settings: `{json.dumps(tr.get('settings', {}))}`",
+        "",
+        "## Metrics",
+        "",
+    ]
+    reports = bundle.metrics.get("reports", []) if isinstance(bundle.metrics, dict) else []
+    if not reports:
+        lines.append("No evaluation embedded (run `streamemg evaluate ... --json` and pass it with --metrics).")
+    for rep in reports:
+        lines.append(f"### {rep.get('protocol')}")
+        lines.append("")
+        lines.append("| level | n | accuracy | macro-F1 |")
+        lines.append("|---|---|---|---|")
+        for level, m in rep.get("levels", {}).items():
+            acc = m.get("accuracy")
+            f1 = m.get("macro_f1")
+            lines.append(
+                f"| {level} | {m.get('n')} | {'n/a' if acc is None else f'{100 * acc:.1f}%'} | "
+                f"{'n/a' if f1 is None else f'{100 * f1:.1f}%'} |"
+            )
+        for note in rep.get("notes", []):
+            lines.append(f"\nNote: {note}")
+        lines.append("")
+    if bundle.metrics.get("command"):
+        lines += [f"Evaluation command: `{bundle.metrics['command']}`", ""]
+    lines += [
+        "## Intended use and limitations",
+        "",
+        "- Research and teaching: real-time demonstration of spectral needle-EMG classification.",
+        "- Not a medical device; not validated for clinical decisions. Small data sets (tens of subjects),",
+        "  biceps brachii at low contraction; other muscles, electrodes and amplifiers are out of distribution.",
+        "- 'ALS' means the neurogenic class: the training data's 'Neuropathy' recordings are generic neuropathy.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -17,7 +17,8 @@ CLASSES = ("Normal", "ALS", "Myopathy")
 
 def streamemg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamemg", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "streamemg", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
 

@@ -199,6 +199,5 @@ def test_real_demo_in_a_real_terminal() -> None:
         # every row has a label with a confidence, a quality flag, "untrained" or is still waiting
         for row in rows:
             assert re.search(r"(Normal|ALS|Myopathy) \d+%|withheld: |untrained|waiting", row), row
-        pane.tmux("send-keys", "-t", pane.target, "C-c")
-        pane.wait_exit(timeout=30.0)
-        assert "Traceback" not in pane.capture()
+        assert "Traceback" not in text
+    # leaving the block kills the tmux server and with it the demo (its own Ctrl-C path is tested with the CLI)

@@ -9,6 +9,7 @@ from types import TracebackType
 import numpy as np
 import pytest
 
+from simulators.synth import EMGSimulator
 from streamemg.engine import EngineSettings
 from streamemg.errors import SinkError
 from streamemg.model import untrained_bundle
@@ -17,7 +18,6 @@ from streamemg.sinks.base import SinkSettings
 from streamemg.sinks.memory import MemorySink
 from streamemg.sources.memory import MemorySource
 from streamemg.types import Chunk, Estimate, StreamInfo, StreamStatus
-from simulators.synth import EMGSimulator
 
 FS_MODEL = 8000.0
 

@@ -52,7 +52,7 @@ async def classify_files(paths: list[str], args: argparse.Namespace) -> list[dic
     by_source: dict[int, list[Any]] = {}
     for state in pipeline.streams.values():
         by_source.setdefault(id(state.source), []).append(state)
-    for path, source in zip(paths, pipeline.sources):
+    for path, source in zip(paths, pipeline.sources, strict=True):
         states = by_source.get(id(source), [])
         results.append(_result(path, states, bundle.trained, pipeline.source_errors.get(source.uri)))
     return results
@@ -71,7 +71,7 @@ def _result(path: str, states: list[Any], trained: bool, error: str | None) -> d
         k = max(range(len(CLASS_NAMES)), key=lambda i: float(cum[i]))
         out["label"] = CLASS_NAMES[k] if trained else "untrained"
         out["confidence"] = round(float(cum[k]), 6)
-        out["probabilities"] = {c: round(float(v), 6) for c, v in zip(CLASS_NAMES, cum)}
+        out["probabilities"] = {c: round(float(v), 6) for c, v in zip(CLASS_NAMES, cum, strict=True)}
         out["quality"] = "ok" if valid == windows else f"{windows - valid} of {windows} windows withheld"
     elif windows:
         reasons = {q for s in states for q in (s.last_estimate.channel_quality if s.last_estimate else ())}

@@ -38,9 +38,13 @@ def collect(model: str | None, device: str) -> dict[str, Any]:
         "packages": {d: _version(d) for d in ("numpy", "scipy", "torch", "pylsl", "aiomqtt", "rich", "amqtt")},
     }
     try:
-        from ..lsl import library_version
+        from ..lslconfig import configure_machine_scope
 
-        info["liblsl"] = library_version()
+        configure_machine_scope()  # querying liblsl must not make it look beyond this machine
+        from ..lsl import import_pylsl
+
+        pylsl = import_pylsl()
+        info["liblsl"] = f"{pylsl.library_version()} (protocol {pylsl.protocol_version()})"
     except Exception as exc:  # report, never fail: info must work without liblsl
         info["liblsl"] = f"unavailable: {exc}"
     dev = select_device(device)

@@ -12,8 +12,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "run",
         help="classify live streams (LSL, MQTT, files, simulators)",
-        description="Classify one or more streams in real time. Sources: sim:<normal|als|myopathy>[?fs=&channels=&seed=], "
-        "file:PATH[?speed=1|max&loop=1], lsl:name=Amp1 | lsl:type=EMG, mqtt://HOST[:PORT]/emg/+ .",
+        description="Classify one or more streams in real time. Sources: "
+        "sim:<normal|als|myopathy>[?fs=&channels=&seed=], file:PATH[?speed=1|max&loop=1], "
+        "lsl:name=Amp1 | lsl:type=EMG, mqtt://HOST[:PORT]/emg/+ .",
     )
     p.add_argument("--source", action="append", default=[], metavar="URI", help="a source URI (repeatable)")
     p.add_argument("--shard", metavar="K/N", help="MQTT: handle only the devices whose id hashes to shard K of N")

@@ -71,6 +71,9 @@ class SinkRunner:
     def __init__(self, sink: Sink, settings: SinkSettings | None = None) -> None:
         self.sink = sink
         self.settings = settings or SinkSettings()
+        own = getattr(sink, "queue_size", None)  # a sink may ask for a longer queue (the recorder does)
+        if isinstance(own, int) and not isinstance(own, bool) and own > self.settings.queue_size:
+            self.settings = SinkSettings(queue_size=own, drop=self.settings.drop)
         self._queue: collections.deque[tuple[str, Estimate | StreamInfo | Chunk]] = collections.deque()
         self.wants_chunks = bool(getattr(sink, "wants_chunks", False))
         self._wake = asyncio.Event()

@@ -6,6 +6,7 @@ seconds (and on close), so a crash loses at most that much.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ class JsonlSink:
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __aexit__
+                self._fh = await asyncio.to_thread(open, self.path, "a", encoding="utf-8")
             except OSError as exc:
                 raise SinkError(f"cannot open {self.path} for writing estimates: {exc}") from exc
         return self

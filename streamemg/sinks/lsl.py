@@ -77,8 +77,9 @@ class LSLSink:
     async def __aenter__(self) -> LSLSink:
         self._pylsl = import_pylsl()
         self._executor = LSLExecutor(f"lsl-out-{uuid.uuid4().hex[:6]}", 1)
-        self._marker = await self._executor.call(self._make_marker_outlet, timeout_s=10.0,
-                                                 what=f"creating LSL outlet {self.marker_name!r}")
+        self._marker = await self._executor.call(
+            self._make_marker_outlet, timeout_s=10.0, what=f"creating LSL outlet {self.marker_name!r}"
+        )
         return self
 
     async def __aexit__(
@@ -108,8 +109,14 @@ class LSLSink:
     # ------------------------------------------------------------------ outlets
     def _make_marker_outlet(self) -> Any:
         pylsl = self._pylsl
-        info = pylsl.StreamInfo(self.marker_name, MARKER_TYPE, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string,
-                                f"streamemg-markers:{self.marker_name}")
+        info = pylsl.StreamInfo(
+            self.marker_name,
+            MARKER_TYPE,
+            1,
+            pylsl.IRREGULAR_RATE,
+            pylsl.cf_string,
+            f"streamemg-markers:{self.marker_name}",
+        )
         desc = info.desc()
         desc.append_child_value("manufacturer", "streamemg")
         desc.append_child_value("content", "label changes of the streamemg estimates: '<stream name>: <label>'")
@@ -117,8 +124,14 @@ class LSLSink:
 
     def _make_estimate_outlet(self, outlet_name: str, info: StreamInfo) -> Any:
         pylsl = self._pylsl
-        sinfo = pylsl.StreamInfo(outlet_name, ESTIMATE_TYPE, len(CLASS_NAMES), pylsl.IRREGULAR_RATE,
-                                 pylsl.cf_float32, f"streamemg-estimate:{info.stream_id}")
+        sinfo = pylsl.StreamInfo(
+            outlet_name,
+            ESTIMATE_TYPE,
+            len(CLASS_NAMES),
+            pylsl.IRREGULAR_RATE,
+            pylsl.cf_float32,
+            f"streamemg-estimate:{info.stream_id}",
+        )
         desc = sinfo.desc()
         desc.append_child_value("manufacturer", "streamemg")
         channels = desc.append_child("channels")
@@ -154,8 +167,9 @@ class LSLSink:
             unique = f"{name}#{k}"
             k += 1
         try:
-            outlet = await self._executor.call(self._make_estimate_outlet, unique, info, timeout_s=10.0,
-                                               what=f"creating LSL outlet {unique!r}")
+            outlet = await self._executor.call(
+                self._make_estimate_outlet, unique, info, timeout_s=10.0, what=f"creating LSL outlet {unique!r}"
+            )
         except SinkError:
             raise
         except Exception as exc:
@@ -206,5 +220,6 @@ def from_uri(uri: str) -> LSLSink:
     unknown = set(params) - {"prefix", "markers"}
     if unknown:
         raise ConfigError(f"output {uri!r}: unknown option(s) {', '.join(sorted(unknown))}; known: prefix, markers")
-    return LSLSink(prefix=params.get("prefix", "streamemg-"),
-                   marker_name=params.get("markers", "streamemg-markers"), uri=uri)
+    return LSLSink(
+        prefix=params.get("prefix", "streamemg-"), marker_name=params.get("markers", "streamemg-markers"), uri=uri
+    )

@@ -141,17 +141,21 @@ class LSLSourceSettings:
             "call_timeout_s": (self.call_timeout_s, "e.g. 5"),
             "warn_after_s": (self.warn_after_s, "e.g. 10"),
         }
-        for name, (value, example) in positive.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        for field_name, (seconds, example) in positive.items():
+            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
                 raise ConfigError(
-                    f"LSLSourceSettings.{name}={value!r}: must be a positive number of seconds ({example})"
+                    f"LSLSourceSettings.{field_name}={seconds!r}: must be a positive number of seconds ({example})"
                 )
         if self.poll_s > 1.0:
             raise ConfigError(f"LSLSourceSettings.poll_s={self.poll_s!r}: poll at least once a second (poll_ms<=1000)")
-        for name, ivalue in (("max_pulls", self.max_pulls), ("buffer_s", self.buffer_s),
-                             ("queue_size", self.queue_size), ("open_workers", self.open_workers)):
+        for field_name, ivalue in (
+            ("max_pulls", self.max_pulls),
+            ("buffer_s", self.buffer_s),
+            ("queue_size", self.queue_size),
+            ("open_workers", self.open_workers),
+        ):
             if isinstance(ivalue, bool) or not isinstance(ivalue, int) or ivalue < 1:
-                raise ConfigError(f"LSLSourceSettings.{name}={ivalue!r}: must be a whole number >= 1")
+                raise ConfigError(f"LSLSourceSettings.{field_name}={ivalue!r}: must be a whole number >= 1")
 
     @property
     def explicit(self) -> bool:
@@ -329,12 +333,13 @@ class LSLSource:
         if self._closed:
             return
         self._closed = True
-        tasks, self._tasks = [*self._tasks, *self._open_tasks], []
+        pending: set[asyncio.Task[None]] = {*self._tasks, *self._open_tasks}
+        self._tasks = []
         self._open_tasks.clear()
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        while pending:  # cancel again if a task ever swallowed a cancellation
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         holder: list[Any] = [s.inlet for s in self._streams.values() if s.inlet is not None]
         for s in self._streams.values():
             s.inlet = None
@@ -400,13 +405,15 @@ class LSLSource:
     async def _scan_loop(self) -> None:
         s = self.settings
         assert self._control is not None
-        self._resolver = await self._control.call(self._make_resolver, timeout_s=s.call_timeout_s,
-                                                  what="starting the LSL resolver")
+        self._resolver = await self._control.call(
+            self._make_resolver, timeout_s=s.call_timeout_s, what="starting the LSL resolver"
+        )
         started = self.clock()
         warned = False
         while True:
-            infos = await self._control.call(self._resolver.results, timeout_s=s.call_timeout_s,
-                                             what="listing LSL streams")
+            infos = await self._control.call(
+                self._resolver.results, timeout_s=s.call_timeout_s, what="listing LSL streams"
+            )
             now = self.clock()
             visible: dict[str, list[Any]] = {}
             for info in infos:
@@ -439,15 +446,20 @@ class LSLSource:
                 self._open_tasks.add(task)
                 task.add_done_callback(self._open_tasks.discard)
             for stream in list(self._streams.values()):
-                if (stream.inlet is not None and now - stream.last_data > s.lost_after_s
-                        and now - stream.seen_at > s.lost_after_s and stream.key not in visible):
+                if (
+                    stream.inlet is not None
+                    and now - stream.last_data > s.lost_after_s
+                    and now - stream.seen_at > s.lost_after_s
+                    and stream.key not in visible
+                ):
                     await self._lose(stream, f"no data for {now - stream.last_data:.1f} s and the outlet is gone")
             if not warned and not self._streams and now - started > s.warn_after_s:
                 warned = True
                 log.warning(
                     "no LSL stream with %s is visible after %.0f s (still looking). Check the spelling, that the "
                     "outlet is running, and that liblsl's configuration lets this machine see it.",
-                    s.describe_query(), now - started,
+                    s.describe_query(),
+                    now - started,
                 )
             await asyncio.sleep(s.scan_s)
 
@@ -491,8 +503,7 @@ class LSLSource:
         pylsl = self._pylsl
         s = self.settings
         flags = pylsl.proc_clocksync | pylsl.proc_monotonize | (pylsl.proc_dejitter if s.dejitter else 0)
-        inlet = pylsl.StreamInlet(info, max_buflen=s.buffer_s, max_chunklen=0, recover=False,
-                                  processing_flags=flags)
+        inlet = pylsl.StreamInlet(info, max_buflen=s.buffer_s, max_chunklen=0, recover=False, processing_flags=flags)
         try:
             full = inlet.info(timeout=s.open_timeout_s)
             inlet.open_stream(timeout=s.open_timeout_s)
@@ -536,7 +547,9 @@ class LSLSource:
             if plan.assumed_signal_uv:
                 log.warning(
                     "LSL stream %r: channels %s declare no voltage unit (units: %s); their values are taken as µV",
-                    name, ", ".join(plan.assumed_signal_uv), ", ".join(u or "none" for u in plan.units) or "none",
+                    name,
+                    ", ".join(plan.assumed_signal_uv),
+                    ", ".join(u or "none" for u in plan.units) or "none",
                 )
             dtype = self._np_dtype(fmt)
             max_samples = int(min(65536, max(16, math.ceil(fs * s.chunk_s))))
@@ -571,9 +584,21 @@ class LSLSource:
             )
             buf = np.empty((max_samples, n_ch), dtype=dtype)
             if stream is None:
-                stream = _Stream(key=key, stream_id=stream_id, name=display, info=sinfo, plan=plan, uid=uid, fs=fs,
-                                 fmt=fmt, n_stream_channels=n_ch, max_samples=max_samples, buf=buf,
-                                 last_data=now, seen_at=now)
+                stream = _Stream(
+                    key=key,
+                    stream_id=stream_id,
+                    name=display,
+                    info=sinfo,
+                    plan=plan,
+                    uid=uid,
+                    fs=fs,
+                    fmt=fmt,
+                    n_stream_channels=n_ch,
+                    max_samples=max_samples,
+                    buf=buf,
+                    last_data=now,
+                    seen_at=now,
+                )
                 self._streams[key] = stream
                 await self._put(sinfo)
             else:
@@ -621,8 +646,11 @@ class LSLSource:
         stream.dead_uids.add(stream.uid)
         ident = stream.key.split(":", 1)[1]
         what = "source_id" if stream.key.startswith("sid:") else "host/name/type"
-        await self._put(StatusEvent(stream.stream_id, StreamStatus.RECONNECTING,
-                                    f"{why}; waiting for {what} {ident!r} to come back"))
+        await self._put(
+            StatusEvent(
+                stream.stream_id, StreamStatus.RECONNECTING, f"{why}; waiting for {what} {ident!r} to come back"
+            )
+        )
         assert self._control is not None
         try:
             await self._control.call(_release_blocking, holder, timeout_s=5.0, what="releasing a lost LSL inlet")
@@ -669,8 +697,12 @@ class LSLSource:
             batch = [(st, st.inlet, st.plan, st.buf) for st in self._streams.values() if st.inlet is not None]
             if batch:
                 results = await self._puller.call(
-                    self._pull_blocking, batch, s.max_pulls, self._lost_error,
-                    timeout_s=s.call_timeout_s, what="pulling LSL samples",
+                    self._pull_blocking,
+                    batch,
+                    s.max_pulls,
+                    self._lost_error,
+                    timeout_s=s.call_timeout_s,
+                    what="pulling LSL samples",
                 )
                 del batch
                 now = self.clock()

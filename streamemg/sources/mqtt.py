@@ -83,6 +83,8 @@ ENV_USERNAME = "STREAMEMG_MQTT_USERNAME"
 ENV_PASSWORD = "STREAMEMG_MQTT_PASSWORD"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 DEFAULT_TOPIC_FILTER = "emg/+"
+#: messages handled from the incoming queue per await of the client (see MqttSource._iterate)
+_DRAIN_BATCH = 256
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -215,25 +217,25 @@ def parse_broker_uri(uri: str, what: str = "source") -> tuple[MqttConnection, st
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as exc:
-        raise SourceURIError(f"MQTT {what} {_mask(uri)!r}: {exc}; write mqtt://HOST[:PORT]/emg/+") from None
+        raise SourceURIError(f"MQTT {what} {mask_password(uri)!r}: {exc}; write mqtt://HOST[:PORT]/emg/+") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise SourceURIError(f"MQTT {what} {_mask(uri)!r}: scheme must be mqtt:// or mqtts://")
+        raise SourceURIError(f"MQTT {what} {mask_password(uri)!r}: scheme must be mqtt:// or mqtts://")
     if parts.fragment or "#" in uri:
         raise SourceURIError(
-            f"MQTT {what} {_mask(uri)!r}: '#' is not allowed (it starts a URI fragment); "
+            f"MQTT {what} {mask_password(uri)!r}: '#' is not allowed (it starts a URI fragment); "
             "name the device level with '+', e.g. mqtt://127.0.0.1/emg/+"
         )
     host = parts.hostname
     if not host:
-        raise SourceURIError(f"MQTT {what} {_mask(uri)!r} names no host: write e.g. mqtt://127.0.0.1/emg/+")
+        raise SourceURIError(f"MQTT {what} {mask_password(uri)!r} names no host: write e.g. mqtt://127.0.0.1/emg/+")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     username = unquote(parts.username) if parts.username else os.environ.get(ENV_USERNAME) or None
     password = unquote(parts.password) if parts.password else os.environ.get(ENV_PASSWORD) or None
     ca, cert, key = params.pop("ca", None), params.pop("cert", None), params.pop("key", None)
     insecure = _flag(params.pop("insecure", "0"), "insecure", uri)
     if scheme == "mqtt" and (ca or cert or key or insecure):
-        raise SourceURIError(f"MQTT {what} {_mask(uri)!r}: ca/cert/key/insecure need mqtts:// (TLS)")
+        raise SourceURIError(f"MQTT {what} {mask_password(uri)!r}: ca/cert/key/insecure need mqtts:// (TLS)")
     try:
         tls = TLSSettings(ca=ca or None, cert=cert or None, key=key or None, insecure=insecure)
         keepalive = int(params.pop("keepalive", "15"))
@@ -247,7 +249,7 @@ def parse_broker_uri(uri: str, what: str = "source") -> tuple[MqttConnection, st
             keepalive_s=keepalive,
         )
     except (ConfigError, ValueError) as exc:
-        raise SourceURIError(f"MQTT {what} {_mask(uri)!r}: {exc}") from None
+        raise SourceURIError(f"MQTT {what} {mask_password(uri)!r}: {exc}") from None
     return connection, unquote(parts.path), params
 
 
@@ -257,10 +259,10 @@ def _flag(value: str, name: str, uri: str) -> bool:
         return True
     if v in _FALSE:
         return False
-    raise SourceURIError(f"MQTT URI {_mask(uri)!r}: {name}={value!r}: use 1 or 0")
+    raise SourceURIError(f"MQTT URI {mask_password(uri)!r}: {name}={value!r}: use 1 or 0")
 
 
-def _mask(uri: str) -> str:
+def mask_password(uri: str) -> str:
     """The URI with any password replaced by ``***`` (for messages and the dashboard)."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
@@ -389,7 +391,7 @@ def from_uri(uri: str, clock: Clock = monotonic) -> MqttSource:
     unknown = sorted(set(params) - set(_SOURCE_PARAMS))
     if unknown:
         raise SourceURIError(
-            f"MQTT source {_mask(uri)!r}: unknown option(s) {', '.join(unknown)}; known: "
+            f"MQTT source {mask_password(uri)!r}: unknown option(s) {', '.join(unknown)}; known: "
             f"{', '.join(_SOURCE_PARAMS)}, client_id, keepalive, ca, cert, key, insecure"
         )
     topic_filter = path.strip("/") or DEFAULT_TOPIC_FILTER
@@ -412,8 +414,8 @@ def from_uri(uri: str, clock: Clock = monotonic) -> MqttSource:
             limits=limits,
         )
     except (ConfigError, ValueError) as exc:
-        raise SourceURIError(f"MQTT source {_mask(uri)!r}: {exc}") from None
-    return MqttSource(settings, uri=_mask(uri), clock=clock)
+        raise SourceURIError(f"MQTT source {mask_password(uri)!r}: {exc}") from None
+    return MqttSource(settings, uri=mask_password(uri), clock=clock)
 
 
 # ============================================================================================ state
@@ -507,11 +509,16 @@ class _Device:
 
 
 class _DropOldestQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """The client's incoming queue: bounded; when full the oldest message is discarded and counted."""
+    """The client's incoming queue (ours, given to aiomqtt as ``queue_type``).
 
-    def __init__(self, maxsize: int = 0, *, on_drop: Callable[[], None]) -> None:
+    Bounded; when full, the oldest message is discarded and counted. The source drains it in batches
+    (:meth:`MqttSource._iterate`), so a backlog costs one await per batch rather than one per message.
+    """
+
+    def __init__(self, maxsize: int = 0, *, on_drop: Callable[[], None], on_create: Callable[[Any], None]) -> None:
         super().__init__(maxsize)
         self._on_drop = on_drop
+        on_create(self)
 
     def put_nowait(self, item: Any) -> None:
         if self.full():
@@ -550,6 +557,7 @@ class MqttSource:
         self._closing = False
         self._closed = asyncio.Event()
         self._iterator: AsyncIterator[SourceItem] | None = None
+        self._queue: _DropOldestQueue | None = None
         self._limits = settings.limits
         self._invalid_log_at = -math.inf
         self._invalid_suppressed = 0
@@ -597,7 +605,7 @@ class MqttSource:
         client, self._client = self._client, None
         self.connected = False
         if client is not None:
-            await _disconnect(client, self.settings.connection.timeout_s)
+            await disconnect_quietly(client, self.settings.connection.timeout_s)
         it = self._iterator
         if it is not None and hasattr(it, "aclose") and not getattr(it, "ag_running", False):
             with contextlib.suppress(RuntimeError):
@@ -611,7 +619,7 @@ class MqttSource:
     # ---------------------------------------------------------------- connection
     async def _connect(self) -> aiomqtt.Client:
         s = self.settings
-        queue = functools.partial(_DropOldestQueue, on_drop=self._on_queue_drop)
+        queue = functools.partial(_DropOldestQueue, on_drop=self._on_queue_drop, on_create=self._set_queue)
         client = await s.connection.client(queue_type=queue, max_queued_incoming=s.queue_size)
         try:
             await asyncio.wait_for(client.__aenter__(), s.connection.timeout_s + 1.0)
@@ -622,7 +630,7 @@ class MqttSource:
             await client.subscribe(subs[:2])
             await client.subscribe(subs[2][0], subs[2][1])
         except BaseException:
-            await _disconnect(client, s.connection.timeout_s)
+            await disconnect_quietly(client, s.connection.timeout_s)
             raise
         self.connected = True
         log.info("MQTT source %s subscribed to %s", self.uri, ", ".join(t for t, _ in s.subscriptions()))
@@ -631,6 +639,9 @@ class MqttSource:
     def _on_queue_drop(self) -> None:
         self.counters.overflow += 1
 
+    def _set_queue(self, queue: _DropOldestQueue) -> None:
+        self._queue = queue
+
     async def _iterate(self) -> AsyncIterator[SourceItem]:
         pending = self._pending
         on_message = self._on_message
@@ -638,24 +649,33 @@ class MqttSource:
             client = self._client
             if client is None:
                 raise BrokerError("MQTT source used outside `async with` (not connected)")
+            queue = self._queue
             try:
                 async for message in client.messages:
-                    try:
-                        chunk = on_message(message)
-                    except Exception:  # a bug must not take every other device down with it
-                        chunk = None
-                        self._internal_error(message)
-                    while pending:
-                        yield pending.popleft()
-                    if chunk is not None:
-                        yield chunk
+                    # one awaited message, then whatever else is already queued (up to a batch, so the
+                    # event loop still gets a turn during a backlog)
+                    batch = min(queue.qsize(), _DRAIN_BATCH) if queue is not None else 0
+                    while True:
+                        try:
+                            chunk = on_message(message)
+                        except Exception:  # a bug must not take every other device down with it
+                            chunk = None
+                            self._internal_error(message)
+                        while pending:
+                            yield pending.popleft()
+                        if chunk is not None:
+                            yield chunk
+                        if batch <= 0 or queue is None or queue.empty():
+                            break
+                        batch -= 1
+                        message = queue.get_nowait()
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     return
                 self._connection_lost(exc)
                 while pending:
                     yield pending.popleft()
-                await _disconnect(client, 1.0)
+                await disconnect_quietly(client, 1.0)
                 if not await self._reconnect():
                     return
                 while pending:
@@ -697,7 +717,7 @@ class MqttSource:
                     log.info("MQTT reconnect attempt %d to %s failed: %s", attempts, s.connection.display(), exc)
                 continue
             if self._closing:
-                await _disconnect(client, 1.0)
+                await disconnect_quietly(client, 1.0)
                 return False
             self._client = client
             self.counters.reconnects += 1
@@ -918,7 +938,7 @@ class MqttSource:
             dev.offline = False
 
 
-async def _disconnect(client: aiomqtt.Client, limit_s: float) -> None:
+async def disconnect_quietly(client: aiomqtt.Client, limit_s: float) -> None:
     """Leave an aiomqtt client, whatever its state, within ``limit_s`` seconds."""
     with contextlib.suppress(Exception, TimeoutError):
         await asyncio.wait_for(client.__aexit__(None, None, None), limit_s)

@@ -170,8 +170,9 @@ def load_tracks(settings: XDFSettings) -> list[_Track]:
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     try:
-        streams, _header = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timestamps=True,
-                                          handle_clock_resets=True)
+        streams, _header = pyxdf.load_xdf(
+            str(path), synchronize_clocks=True, dejitter_timestamps=True, handle_clock_resets=True
+        )
     except Exception as exc:  # pyxdf raises plain Exception/IOError/struct.error on broken files
         raise DataFormatError(f"{path}: not a readable XDF file ({type(exc).__name__}: {exc})") from exc
 
@@ -223,8 +224,12 @@ def load_tracks(settings: XDFSettings) -> list[_Track]:
         labels, units, types = _desc_channels(info)
         plan: ChannelPlan = plan_channels(values.shape[1], labels, units, types, settings.channels, stream_name=xname)
         if plan.assumed_signal_uv:
-            log.warning("%s: stream %r channels %s declare no voltage unit; values taken as µV",
-                        path, xname, ", ".join(plan.assumed_signal_uv))
+            log.warning(
+                "%s: stream %r channels %s declare no voltage unit; values taken as µV",
+                path,
+                xname,
+                ", ".join(plan.assumed_signal_uv),
+            )
         display = settings.name or xname
         sid = f"xdf:{stem}/{display}"
         k = 2

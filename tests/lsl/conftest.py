@@ -104,14 +104,14 @@ class AmpRunner:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[int]] = []
 
-    async def start(self, timeout: float = 15.0, **kwargs: Any) -> asyncio.Task[int]:
+    async def start(self, limit_s: float = 15.0, **kwargs: Any) -> asyncio.Task[int]:
         from simulators.lsl_amp import AmpSettings, run_amp
 
         ready = asyncio.Event()
         task = asyncio.create_task(run_amp(AmpSettings(**kwargs), ready=ready, quiet=True))
         self.tasks.append(task)
         waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, waiter}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if task in done:
             task.result()  # raises the setup error
@@ -138,7 +138,7 @@ async def amps(pylsl: Any) -> AsyncIterator[AmpRunner]:
 Take = Callable[[Any, Callable[[list[SourceItem]], bool], float], Awaitable[list[SourceItem]]]
 
 
-async def _take(source: Any, done: Callable[[list[SourceItem]], bool], timeout: float) -> list[SourceItem]:
+async def _take(source: Any, done: Callable[[list[SourceItem]], bool], limit_s: float) -> list[SourceItem]:
     items: list[SourceItem] = []
 
     async def run() -> None:
@@ -149,10 +149,10 @@ async def _take(source: Any, done: Callable[[list[SourceItem]], bool], timeout: 
         raise AssertionError(f"the source ended before the condition held; got {len(items)} items")
 
     try:
-        await asyncio.wait_for(run(), timeout)
+        await asyncio.wait_for(run(), limit_s)
     except TimeoutError:
         kinds = [type(i).__name__ for i in items]
-        raise AssertionError(f"condition not met within {timeout} s; items so far: {len(items)} {kinds[-5:]}") from None
+        raise AssertionError(f"condition not met within {limit_s} s; items so far: {len(items)} {kinds[-5:]}") from None
     return items
 
 

@@ -19,9 +19,23 @@ from streamemg.sources.lsl import LSLSourceSettings, parse_uri
 @pytest.mark.parametrize(
     ("unit", "factor"),
     [
-        ("V", 1e6), ("volts", 1e6), ("mV", 1e3), ("Millivolts", 1e3), ("uV", 1.0), ("µV", 1.0), ("μV", 1.0),
-        ("microvolts", 1.0), (" micro volts ", 1.0), ("nV", 1e-3), ("-6", 1.0), ("-3", 1e3), ("0", 1e6),
-        ("", None), (None, None), ("counts", None), ("samples", None),
+        ("V", 1e6),
+        ("volts", 1e6),
+        ("mV", 1e3),
+        ("Millivolts", 1e3),
+        ("uV", 1.0),
+        ("µV", 1.0),
+        ("μV", 1.0),
+        ("microvolts", 1.0),
+        (" micro volts ", 1.0),
+        ("nV", 1e-3),
+        ("-6", 1.0),
+        ("-3", 1e3),
+        ("0", 1e6),
+        ("", None),
+        (None, None),
+        ("counts", None),
+        ("samples", None),
     ],
 )
 def test_unit_factors(unit: str | None, factor: float | None) -> None:
@@ -42,7 +56,7 @@ def test_channel_plan_selects_and_scales() -> None:
     y = np.ones((3, 2), np.float32)
     out = untyped.apply(y)
     assert out is not y and np.shares_memory(out, y) is False
-    with pytest.raises(SourceError, match="channels=.*'x'.*ch1, ch2"):
+    with pytest.raises(SourceError, match=r"channels=.*'x'.*ch1, ch2"):
         plan_channels(2, None, None, None, "x", stream_name="S")
 
 
@@ -62,7 +76,7 @@ def test_lsl_uris() -> None:
     ]:
         with pytest.raises(SourceURIError, match=match):
             parse_uri(bad)
-    with pytest.raises(ConfigError, match="poll_s=0.0"):
+    with pytest.raises(ConfigError, match=r"poll_s=0\.0"):
         parse_uri("lsl:name=A?poll_ms=0")
 
 
@@ -102,7 +116,7 @@ async def test_executor_runs_off_the_loop_with_a_finite_timeout() -> None:
         loop_thread = threading.get_ident()
         assert await ex.call(threading.get_ident, timeout_s=5.0, what="x") != loop_thread
         gate = threading.Event()
-        with pytest.raises(SourceError, match="did not finish within 0.05 s: waiting"):
+        with pytest.raises(SourceError, match=r"did not finish within 0\.05 s: waiting"):
             await ex.call(gate.wait, 5.0, timeout_s=0.05, what="waiting")
         gate.set()
         assert await ex.call(sum, [1, 2], timeout_s=5.0, what="sum") == 3

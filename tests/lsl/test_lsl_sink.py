@@ -17,11 +17,21 @@ from streamemg.types import CLASS_NAMES, Estimate, StreamInfo
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(60)]
 
 
-def estimate(info: StreamInfo, index: int, rolling: tuple[float, ...], label: str | None, t: float,
-             trained: bool = True) -> Estimate:
+def estimate(
+    info: StreamInfo, index: int, rolling: tuple[float, ...], label: str | None, t: float, trained: bool = True
+) -> Estimate:
     return Estimate(
-        stream_id=info.stream_id, name=info.name, index=index, time=t, probabilities=rolling, rolling=rolling,
-        cumulative=rolling, label=label, confidence=max(rolling) if label else 0.0, quality="ok", latency_ms=3.0,
+        stream_id=info.stream_id,
+        name=info.name,
+        index=index,
+        time=t,
+        probabilities=rolling,
+        rolling=rolling,
+        cumulative=rolling,
+        label=label,
+        confidence=max(rolling) if label else 0.0,
+        quality="ok",
+        latency_ms=3.0,
         trained=trained,
     )
 
@@ -90,7 +100,10 @@ async def test_estimate_outlet_and_label_change_markers(uniq: str, pylsl: Any) -
 
         markers, mstamps = await asyncio.to_thread(pull, marker_inlet, 4)
         assert [m[0] for m in markers] == [
-            f"{uniq}: none", f"{uniq}: ALS", f"{uniq}: Myopathy", f"{uniq}-sim: untrained"
+            f"{uniq}: none",
+            f"{uniq}: ALS",
+            f"{uniq}: Myopathy",
+            f"{uniq}-sim: untrained",
         ], "one marker per label change"
         # a non-LSL input's estimate is stamped with local_clock() at publication, not its own time base
         assert abs(mstamps[-1] - pylsl.local_clock()) < 5.0

@@ -74,7 +74,7 @@ async def test_recovers_when_the_outlet_comes_back_with_the_same_source_id(uniq:
         stream_id = before[0].stream_id
         await amps.stop(first)  # the outlet is destroyed
         lost = await take(src, lambda it: any(isinstance(i, StatusEvent) for i in it), 10.0)
-        event = [i for i in lost if isinstance(i, StatusEvent)][0]
+        event = next(i for i in lost if isinstance(i, StatusEvent))
         assert event.stream_id == stream_id and event.status is StreamStatus.RECONNECTING
         assert f"sid-{uniq}" in event.detail
 
@@ -91,16 +91,16 @@ async def test_recovers_when_the_outlet_comes_back_with_the_same_source_id(uniq:
     assert float(chunks[0].timestamps[0]) > t_before, "timestamps keep increasing across the reconnection"
 
 
-async def test_type_query_finds_two_streams_and_a_third_that_appears_later(
-    uniq: str, outlets: Any, take: Any
-) -> None:
+async def test_type_query_finds_two_streams_and_a_third_that_appears_later(uniq: str, outlets: Any, take: Any) -> None:
     stype = f"EMG-{uniq}"
     stop = asyncio.Event()
     block = np.ones((10, 2), dtype=np.float32)
-    pumps = [asyncio.create_task(pump(outlets.make(f"{uniq}-{k}", stream_type=stype), block, 0.01, stop))
-             for k in ("a", "b")]
+    pumps = [
+        asyncio.create_task(pump(outlets.make(f"{uniq}-{k}", stream_type=stype), block, 0.01, stop)) for k in ("a", "b")
+    ]
     try:
         async with open_source(f"lsl:type={stype}") as src:
+
             def infos(it: list[Any]) -> set[str]:
                 return {i.name for i in it if isinstance(i, StreamInfo)}
 
@@ -147,8 +147,9 @@ async def test_channel_formats_and_units_become_float32_microvolts(uniq: str, ou
 
 
 async def test_channel_selection_by_type_and_label(uniq: str, outlets: Any, take: Any) -> None:
-    out = outlets.make(uniq, n_channels=3, labels=["L", "R", "Trig"], units=["uV", "uV", ""],
-                       types=["EMG", "EMG", "STIM"])
+    out = outlets.make(
+        uniq, n_channels=3, labels=["L", "R", "Trig"], units=["uV", "uV", ""], types=["EMG", "EMG", "STIM"]
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(pump(out, np.array([[1.0, 2.0, 3.0]] * 5, dtype=np.float32), 0.01, stop))
     try:
@@ -168,7 +169,7 @@ async def test_channel_selection_by_type_and_label(uniq: str, outlets: Any, take
 async def test_irregular_rate_stream_is_a_clear_error(uniq: str, outlets: Any) -> None:
     outlets.make(uniq, fs=0.0)
     async with open_source(f"lsl:name={uniq}") as src:
-        with pytest.raises(StreamRateError, match="irregular sampling rate.*regular-rate stream"):
+        with pytest.raises(StreamRateError, match=r"irregular sampling rate.*regular-rate stream"):
             await asyncio.wait_for(src.__anext__(), 15.0)
 
 

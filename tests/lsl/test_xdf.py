@@ -30,16 +30,40 @@ def session(n: int = 400, t0: float = 5000.0) -> list[dict[str, Any]]:
     emg = np.stack([rng.integers(-500, 500, n), np.arange(n) % 7], axis=1).astype(np.int16)
     eeg = rng.normal(0, 1e-5, size=(n // 2, 3))
     return [
-        {"name": "Markers", "type": "Markers", "fs": 0, "fmt": "string", "data": [["start"], ["stop"]],
-         "stamps": [t0, t0 + 0.2]},
-        {"name": "Amp1", "type": "EMG", "fs": FS, "fmt": "int16", "data": emg, "stamps": stamps,
-         "labels": ["Biceps", "Trig"], "units": ["mV", "none"], "types": ["EMG", "TRIGGER"], "source_id": "amp-1"},
-        {"name": "Cap", "type": "EEG", "fs": FS / 2, "fmt": "double64", "data": eeg,
-         "stamps": t0 + np.arange(n // 2) / (FS / 2), "labels": ["Fz", "Cz", "Pz"], "units": ["V", "V", "V"]},
+        {
+            "name": "Markers",
+            "type": "Markers",
+            "fs": 0,
+            "fmt": "string",
+            "data": [["start"], ["stop"]],
+            "stamps": [t0, t0 + 0.2],
+        },
+        {
+            "name": "Amp1",
+            "type": "EMG",
+            "fs": FS,
+            "fmt": "int16",
+            "data": emg,
+            "stamps": stamps,
+            "labels": ["Biceps", "Trig"],
+            "units": ["mV", "none"],
+            "types": ["EMG", "TRIGGER"],
+            "source_id": "amp-1",
+        },
+        {
+            "name": "Cap",
+            "type": "EEG",
+            "fs": FS / 2,
+            "fmt": "double64",
+            "data": eeg,
+            "stamps": t0 + np.arange(n // 2) / (FS / 2),
+            "labels": ["Fz", "Cz", "Pz"],
+            "units": ["V", "V", "V"],
+        },
     ]
 
 
-async def play(uri: str, limit: int = 100000, timeout: float = 20.0) -> list[Any]:
+async def play(uri: str, limit: int = 100000, limit_s: float = 20.0) -> list[Any]:
     items: list[Any] = []
 
     async def run() -> None:
@@ -49,7 +73,7 @@ async def play(uri: str, limit: int = 100000, timeout: float = 20.0) -> list[Any
                 if len(items) >= limit:
                     return
 
-    await asyncio.wait_for(run(), timeout)
+    await asyncio.wait_for(run(), limit_s)
     return items
 
 
@@ -125,7 +149,7 @@ async def test_select_and_rename_a_stream(tmp_path: Path, xdf_writer: Callable[.
 
 async def test_unplayable_and_broken_files_give_clear_errors(tmp_path: Path, xdf_writer: Callable[..., Path]) -> None:
     only_markers = xdf_writer(tmp_path / "m.xdf", session()[:1])
-    with pytest.raises(DataFormatError, match="nothing to play.*Markers"):
+    with pytest.raises(DataFormatError, match=r"nothing to play.*Markers"):
         await play(f"file:{only_markers}?speed=max")
     broken = tmp_path / "broken.xdf"
     broken.write_bytes(b"NOTXDF")

@@ -1,0 +1,66 @@
+"""End to end over LSL: simulated amplifier outlet -> lsl: source -> Pipeline -> estimate outlet -> test inlet."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import pytest
+
+from streamemg.sinks.lsl import ESTIMATE_TYPE, from_uri as lsl_output
+from streamemg.sources.lsl import from_uri as lsl_source
+from streamemg.types import StreamStatus
+
+pytestmark = [pytest.mark.lsl, pytest.mark.timeout(90)]
+
+
+def read_estimates(pylsl: Any, name: str, n: int, timeout: float) -> tuple[Any, list[list[float]], list[float]]:
+    """Resolve the estimate outlet, then pull ``n`` samples (blocking, bounded)."""
+    deadline = time.monotonic() + timeout
+    found: list[Any] = []
+    while not found and time.monotonic() < deadline:
+        found = pylsl.resolve_byprop("name", name, 1, 0.5)
+    assert found, f"estimate outlet {name!r} never appeared"
+    inlet = pylsl.StreamInlet(found[0], max_buflen=10, recover=False)
+    info = inlet.info(timeout=5.0)
+    samples: list[list[float]] = []
+    stamps: list[float] = []
+    while len(samples) < n and time.monotonic() < deadline:
+        s, t = inlet.pull_sample(timeout=0.2)
+        if s is not None:
+            samples.append(s)
+            stamps.append(t)
+    return info, samples, stamps
+
+
+async def test_simulator_to_pipeline_to_estimate_outlet(uniq: str, amps: Any, pylsl: Any) -> None:
+    from streamemg.engine import EngineSettings
+    from streamemg.model import untrained_bundle
+    from streamemg.pipeline import Pipeline, PipelineSettings
+
+    await amps.start(name=uniq, cls="als", channels=2, fs=10000.0)
+    pipeline = Pipeline(
+        [lsl_source(f"lsl:name={uniq}")],
+        [lsl_output("lsl")],
+        bundle=untrained_bundle(seed=0),
+        settings=PipelineSettings(hop_s=0.1),
+        engine_settings=EngineSettings(device="cpu", max_wait_ms=2),
+    )
+    run = asyncio.create_task(pipeline.run(duration=60))
+    try:
+        info, samples, stamps = await asyncio.to_thread(read_estimates, pylsl, f"streamemg-{uniq}", 5, 40.0)
+        assert len(samples) == 5, "estimates flow into the outlet"
+        assert info.type() == ESTIMATE_TYPE and info.get_channel_labels() == ["Normal", "ALS", "Myopathy"]
+        for s in samples:
+            assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in s)
+            assert sum(s) == pytest.approx(1.0, abs=1e-3)
+        assert all(abs(t - pylsl.local_clock()) < 10.0 for t in stamps), "stamped in this machine's LSL clock"
+        snap = pipeline.snapshot()
+        (stream,) = [s for s in snap.streams if s.stream_id == f"lsl:{uniq}"]
+        assert stream.status is StreamStatus.LIVE and stream.windows >= 5 and stream.n_channels == 2
+        assert stream.fs == 10000.0
+    finally:
+        pipeline.stop()
+        await asyncio.wait_for(run, 30.0)
