@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,7 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
     """
     from .pacing import Pacer
 
+    own_config = bool(os.environ.get("LSLAPICFG"))
     configure_machine_scope()  # keeps LSL on loopback unless LSLAPICFG names the user's own configuration
     pylsl = import_pylsl()
     detail: dict[str, str]
@@ -263,7 +265,13 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
             print(
                 f"LSL outlet {settings.name!r} (type {settings.stream_type}, source_id "
                 f"{settings.effective_source_id}): {len(labels)} channel(s){extra} at {fs:g} Hz, {settings.fmt}, "
-                f"{settings.chunk_ms:g} ms chunks, {what}. Ctrl-C to stop.",
+                f"{settings.chunk_ms:g} ms chunks, {what}. "
+                + (
+                    ""
+                    if own_config
+                    else "Visible on this machine only (set LSLAPICFG to use your own liblsl configuration). "
+                )
+                + "Ctrl-C to stop.",
                 file=sys.stderr,
                 flush=True,
             )

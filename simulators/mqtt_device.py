@@ -55,6 +55,8 @@ from streamemg.sources.mqtt import MqttConnection, backoff_delays, disconnect_qu
 log = logging.getLogger(__name__)
 
 FORMATS = ("binary", "json")
+#: longest wait for one data publish (QoS 1: its PUBACK) before the link is taken for dead
+_PUBLISH_TIMEOUT_S = 1.0
 SAMPLE_FORMATS = ("float32", "int16")
 
 
@@ -278,7 +280,8 @@ class _Device:
             self.stats.lost += 1
             return
         try:
-            await client.publish(self.data_topic, payload, qos=self.settings.qos, timeout=5.0)
+            # a short wait: a dead link must not stall the sampling loop (the pacer catches up afterwards)
+            await client.publish(self.data_topic, payload, qos=self.settings.qos, timeout=_PUBLISH_TIMEOUT_S)
             self.stats.sent += 1
         except aiomqtt.MqttError as exc:
             self.stats.lost += 1

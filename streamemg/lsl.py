@@ -7,7 +7,7 @@ Three things live here:
   import fails the caller gets :class:`~streamemg.errors.LSLUnavailableError` with install guidance.
 * :class:`LSLExecutor`: runs blocking pylsl calls (resolving, opening inlets, pulling, creating outlets) off
   the event loop, on its own small thread pool, always with a finite timeout.
-* Channel metadata helpers that need no liblsl: unit names to µV factors (:func:`unit_scale_to_uv`) and the
+* Channel metadata functions that need no liblsl: unit names to µV factors (:func:`unit_scale_to_uv`) and the
   per-stream channel selection (:func:`plan_channels`), used for live streams and XDF files alike.
 
 Processes that create LSL objects for tests, simulators or benchmarks call

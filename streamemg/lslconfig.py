@@ -26,7 +26,7 @@ AddressesOverride = {127.0.0.1}
 KnownPeers = {}
 
 [log]
-level = -2
+level = -3
 """
 
 

@@ -124,6 +124,10 @@ class StreamState:
         # at most one hop of native samples per piece, so every window is emitted in order
         self.max_piece = max(1, math.floor(self.hop_samples * info.fs / self.model_fs))
         self.next_end = self.window_samples
+        # Deferred DSP (performance): raw samples are filtered and resampled only when a window is due (or one
+        # hop of them is pending), i.e. a few times per second instead of once per 10 ms chunk. The filters are
+        # chunking-invariant, so the windows are the same; scipy's per-call overhead (~20 µs) is paid per hop.
+        self._dsp_done = 0  # absolute index (raw_buffer) of the first raw sample not yet filtered
         self.window_index = 0
         self.estimator = RollingEstimator(settings.estimates, len(cfg.classes))
         self.status = StreamStatus.LIVE
@@ -186,21 +190,37 @@ class StreamState:
             self.status_detail = ""
         n = data.shape[0]
         windows: list[Window] = []
-        for start in range(0, n, self.max_piece):
-            piece = data[start : start + self.max_piece]
+        step = self.max_piece
+        for start in range(0, n, step):
+            piece = data[start : start + step] if n > step else data
             self._track_level(piece)
             self.raw_buffer.write(piece)
-            # non-finite samples are held at the last finite value inside StreamFilter (no step through the
-            # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
-            out = self.resampler.process(self.filter.process(piece))
-            if out.shape[0]:
-                self.buffer.write(out)
+            # The common case (no window due, less than a hop pending) ends here: no DSP, no allocation.
+            # At most 2 * max_piece raw samples are ever pending, which the raw buffer always holds.
+            pending = self.raw_buffer.total_written - self._dsp_done
+            if pending < step and self.buffer.total_written + self.resampler.output_length(pending) < self.next_end:
+                continue
+            self._run_dsp(pending)
+            if self.buffer.total_written < self.next_end:
+                continue
             # the newest model-rate sample represents the input ``delay_s`` earlier (resampler group delay)
             t_last = float(chunk.timestamps[min(start + piece.shape[0], n) - 1]) if chunk.timestamps.size else 0.0
             t_end = t_last - self.resampler.delay_s
             while self.buffer.total_written >= self.next_end:
                 windows.append(self._cut(t_end, arrival))
         return windows
+
+    def _run_dsp(self, pending: int) -> None:
+        """Filter + resample the ``pending`` newest raw samples (one block) into the model-rate buffer."""
+        if pending <= 0:
+            return
+        # non-finite samples are held at the last finite value inside StreamFilter (no step through the
+        # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
+        raw = self.raw_buffer.latest(pending)  # (C, pending) copy
+        self._dsp_done += pending
+        out = self.resampler.process(self.filter.process(raw.T))
+        if out.shape[0]:
+            self.buffer.write(out)
 
     def _cut(self, t_end: float, arrival: float) -> Window:
         data = self.buffer.latest(self.window_samples, end=self.next_end)
@@ -219,8 +239,13 @@ class StreamState:
         return window
 
     def _track_level(self, piece: np.ndarray) -> None:
-        finite = piece[np.isfinite(piece)]
-        self._level_sumsq += float(np.dot(finite.ravel(), finite.ravel())) / max(1, piece.shape[1])
+        # one BLAS dot per chunk (no temporary for contiguous chunks); the masked form only for non-finite data
+        flat = piece.reshape(-1)
+        sumsq = float(np.dot(flat, flat))
+        if not math.isfinite(sumsq):
+            finite = flat[np.isfinite(flat)]
+            sumsq = float(np.dot(finite, finite))
+        self._level_sumsq += sumsq / max(1, piece.shape[1])
         self._level_count += piece.shape[0]
         if self._level_count >= self._level_per_bin:
             self.levels.append(math.sqrt(self._level_sumsq / self._level_count))

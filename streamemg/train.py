@@ -646,7 +646,7 @@ def train_bundle(
     training["subject_ids"] = sorted({r.subject for r in refs})
     training["flops_per_window"] = int(count_flops(result.model, int(config.window_samples)))
     training["parameters"] = int(sum(p.numel() for p in result.model.parameters()))
-    training["torch"] = torch.__version__
+    training["torch"] = str(torch.__version__)
     return ModelBundle(
         config=config,
         state_dict={k: v.detach().clone() for k, v in result.model.state_dict().items()},

@@ -25,6 +25,7 @@ FAKE = REPO / "examples" / "fake_dashboard.py"
 TMUX = shutil.which("tmux")
 WIDTH, HEIGHT = 160, 50
 LATENCY = re.compile(r"\d+\.\d/\d+\.\d")  # a "p50/p99" figure, e.g. 9.8/24.1
+EXIT_MARK = re.compile(r"\[exit status (\d+)\]")
 
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux)")
 
@@ -71,11 +72,18 @@ class Pane:
         raise AssertionError(f"no {what} within {timeout:.0f} s; the pane shows:\n{text}")
 
     def wait_exit(self, timeout: float) -> int:
-        """Wait until the command has exited and tmux knows its exit status; return the status."""
+        """Wait until the command has exited; return its exit status.
+
+        The status comes from the ``[exit status N]`` line the wrapping shell prints after the command (tmux's
+        own ``pane_dead_status`` is sometimes never filled in), else from tmux when the shell itself died.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            found = EXIT_MARK.search(self.capture())
+            if found:
+                return int(found.group(1))
             dead, status = self.dead()
-            if dead and status is not None:  # the pane can read as dead a moment before the status is known
+            if dead and status is not None:
                 return status
             time.sleep(0.2)
         raise AssertionError(f"the command did not exit within {timeout:.0f} s; the pane shows:\n{self.capture()}")
@@ -89,9 +97,9 @@ def tmux_pane(argv: list[str], width: int = WIDTH, height: int = HEIGHT) -> Iter
     env_prefix = ["env", "-u", "COLUMNS", "-u", "LINES", "TERM=xterm-256color"]
     if os.environ.get("STREAMEMG_DATA"):
         env_prefix.append(f"STREAMEMG_DATA={os.environ['STREAMEMG_DATA']}")
-    command = f"cd {shlex.quote(str(REPO))} && exec {shlex.join(env_prefix + argv)}"
+    command = f'cd {shlex.quote(str(REPO))} && {shlex.join(env_prefix + argv)}; echo "[exit status $?]"'
     try:
-        # remain-on-exit keeps the pane (and the command's exit status) after the command ends
+        # remain-on-exit keeps the pane (and what it shows) after the command ends
         pane.tmux(
             "-f", "/dev/null",
             "new-session", "-d", "-s", pane.target, "-x", str(width), "-y", str(height), command,
@@ -200,4 +208,7 @@ def test_real_demo_in_a_real_terminal() -> None:
         for row in rows:
             assert re.search(r"(Normal|ALS|Myopathy) \d+%|withheld: |untrained|waiting", row), row
         assert "Traceback" not in text
-    # leaving the block kills the tmux server and with it the demo (its own Ctrl-C path is tested with the CLI)
+        # Ctrl-C stops it cleanly and gives the terminal back
+        pane.tmux("send-keys", "-t", pane.target, "C-c")
+        assert pane.wait_exit(timeout=60.0) == 0, pane.capture()
+        assert "Traceback" not in pane.capture()

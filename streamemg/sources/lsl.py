@@ -498,8 +498,11 @@ class LSLSource:
         finally:
             self._opening.discard(key)
 
-    def _open_blocking(self, info: Any) -> tuple[Any, Any]:
-        """Create an inlet, fetch the full description, subscribe, and prime the clock offset (blocking)."""
+    def _open_blocking(self, info: Any) -> tuple[Any, Any, tuple[list[str | None], ...]]:
+        """Create an inlet, fetch the full description, subscribe, and prime the clock offset (blocking).
+
+        Returns the inlet, the full pylsl StreamInfo and its channel (labels, units, types).
+        """
         pylsl = self._pylsl
         s = self.settings
         flags = pylsl.proc_clocksync | pylsl.proc_monotonize | (pylsl.proc_dejitter if s.dejitter else 0)
@@ -509,12 +512,13 @@ class LSLSource:
             inlet.open_stream(timeout=s.open_timeout_s)
             # The first clock-offset estimate takes ~0.6 s; done here so that the first pull does not block.
             inlet.time_correction(timeout=s.open_timeout_s)
+            channels = read_channel_desc(full)  # XML walk through ctypes: kept off the loop too
         except BaseException:
             holder = [inlet]
             del inlet
             _release_blocking(holder)
             raise
-        return inlet, full
+        return inlet, full, channels
 
     async def _attach(self, key: str, info: Any) -> None:
         s = self.settings
@@ -522,7 +526,7 @@ class LSLSource:
         uid = info.uid()
         name = info.name()
         try:
-            inlet, full = await self._control.call(
+            inlet, full, (labels, units, types) = await self._control.call(
                 self._open_blocking, info, timeout_s=4 * s.open_timeout_s + 1.0, what=f"opening LSL stream {name!r}"
             )
         except (self._lost_error, RuntimeError, SourceError) as exc:
@@ -542,7 +546,6 @@ class LSLSource:
             fs = float(full.nominal_srate())
             fmt = int(full.channel_format())
             n_ch = int(full.channel_count())
-            labels, units, types = read_channel_desc(full)
             plan = plan_channels(n_ch, labels, units, types, s.channels, stream_name=name)
             if plan.assumed_signal_uv:
                 log.warning(

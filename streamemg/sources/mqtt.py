@@ -322,7 +322,7 @@ class MqttSourceSettings:
     reorder_window: int = 64
     max_gap_s: float = 3600.0
     backoff_initial_s: float = 0.25
-    backoff_max_s: float = 10.0
+    backoff_max_s: float = 5.0
     malformed_log_interval_s: float = 10.0
     max_devices: int = 10000
     limits: ProtocolLimits = DEFAULT_LIMITS
@@ -939,9 +939,16 @@ class MqttSource:
 
 
 async def disconnect_quietly(client: aiomqtt.Client, limit_s: float) -> None:
-    """Leave an aiomqtt client, whatever its state, within ``limit_s`` seconds."""
+    """Leave an aiomqtt client, whatever its state, within ``limit_s`` seconds; never raises.
+
+    A client whose connection broke while nobody iterated its messages holds the disconnection error in a
+    future no one awaits; it is retrieved here so asyncio does not report it as never retrieved.
+    """
     with contextlib.suppress(Exception, TimeoutError):
         await asyncio.wait_for(client.__aexit__(None, None, None), limit_s)
+    lost = getattr(client, "_disconnected", None)
+    if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
+        lost.exception()
 
 
 # ============================================================================================ benchmark

@@ -1,6 +1,6 @@
-"""XDF replay: ``file:session.xdf[?speed=1|max|X&loop=0|1&chunk_ms=10&channels=emg&stream=NAME]``.
+"""XDF replay: ``file:recording.xdf[?speed=1|max|X&loop=0|1&chunk_ms=10&channels=emg&stream=NAME]``.
 
-Plays the EMG streams of an XDF file (as written by LabRecorder) so a recorded session can be classified
+Plays the EMG streams of an XDF file (as written by LabRecorder) so a recording can be classified
 again. The file is read with pyxdf (clock offsets applied, timestamps dejittered), then:
 
 * the streams played are those of type ``EMG`` (case-insensitive); when none is typed EMG, every numeric
@@ -10,8 +10,8 @@ again. The file is read with pyxdf (clock offsets applied, timestamps dejittered
   channel labels; values are converted to µV from the declared units (``desc/channels/channel/unit``);
 * chunks of ``chunk_ms`` carry the recorded timestamps; all streams are interleaved in timestamp order and,
   at ``speed=1`` (default), released when their last sample's recorded time has come (relative to the first
-  sample of the session), at ``speed=X`` X times faster, at ``speed=max`` without waiting;
-* ``loop=1`` plays the session again and again, shifting the timestamps by the session's span each round so
+  sample of the recording), at ``speed=X`` X times faster, at ``speed=max`` without waiting;
+* ``loop=1`` plays the recording again and again, shifting the timestamps by the recording's span each round so
   they keep increasing.
 
 Decoding happens in a worker thread on entry (pyxdf reads sample by sample; large files take a while).
@@ -76,15 +76,15 @@ class XDFSettings:
 
 
 def parse_uri(uri: str) -> XDFSettings:
-    """``file:session.xdf?speed=max&loop=1`` -> settings (also accepts the ``xdf:`` prefix)."""
+    """``file:recording.xdf?speed=max&loop=1`` -> settings (also accepts the ``xdf:`` prefix)."""
     scheme, body, params = split_uri(uri)
     if scheme not in ("file", "xdf"):
-        raise SourceURIError(f"{uri!r} is not a file: URI (e.g. file:session.xdf?speed=max)")
+        raise SourceURIError(f"{uri!r} is not a file: URI (e.g. file:recording.xdf?speed=max)")
     if body.startswith("//"):
         body = body[2:]
-    path = Path(unquote(body))
+    path = Path(unquote(body)).expanduser()
     if not body:
-        raise SourceURIError(f"{uri!r}: give the file, e.g. file:session.xdf")
+        raise SourceURIError(f"{uri!r}: give the file, e.g. file:recording.xdf")
     unknown = set(params) - set(_KNOWN_PARAMS)
     if unknown:
         hint = " (an XDF file carries its own rate)" if "fs" in unknown else ""

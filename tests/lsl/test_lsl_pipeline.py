@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from streamemg.sinks.lsl import ESTIMATE_TYPE, from_uri as lsl_output
+from streamemg.sinks.lsl import ESTIMATE_TYPE
+from streamemg.sinks.lsl import from_uri as lsl_output
 from streamemg.sources.lsl import from_uri as lsl_source
 from streamemg.types import StreamStatus
 

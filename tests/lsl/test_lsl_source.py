@@ -201,3 +201,49 @@ async def test_nothing_matching_yields_nothing_and_closes_cleanly(uniq: str) -> 
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(src.__anext__(), 1.0)
     await src.__aexit__(None, None, None)  # idempotent
+
+
+async def test_reconnection_with_another_channel_count_is_announced(uniq: str, outlets: Any, take: Any) -> None:
+    sid = f"sid-{uniq}"
+    stop = asyncio.Event()
+    task = asyncio.create_task(pump(outlets.make(uniq, source_id=sid), np.zeros((10, 2), np.float32), 0.01, stop))
+    async with open_source(f"lsl:source_id={sid}") as src:
+        before = await take(src, lambda it: n_samples(it) >= 20, 15.0)
+        stop.set()
+        await task
+        outlets.close_all()  # the outlet is destroyed
+        await take(src, lambda it: any(isinstance(i, StatusEvent) for i in it), 10.0)
+        stop2 = asyncio.Event()
+        wider = outlets.make(uniq, source_id=sid, n_channels=3)
+        task2 = asyncio.create_task(pump(wider, np.ones((10, 3), np.float32), 0.01, stop2))
+        try:
+            after = await take(src, lambda it: n_samples(it) >= 20, 15.0)
+        finally:
+            stop2.set()
+            await task2
+    first = before[0]
+    assert isinstance(first, StreamInfo) and first.channels == ("ch1", "ch2")
+    assert isinstance(after[0], StreamInfo), "the new signature is announced before its data"
+    assert after[0].stream_id == first.stream_id and after[0].channels == ("ch1", "ch2", "ch3")
+    assert isinstance(after[1], StatusEvent) and after[1].status is StreamStatus.LIVE
+    assert all(c.n_channels == 3 for c in chunks_of(after))
+
+
+async def test_same_name_on_two_devices_gets_distinct_stream_ids(uniq: str, outlets: Any, take: Any) -> None:
+    stype = f"EMG-{uniq}"
+    stop = asyncio.Event()
+    block = np.zeros((10, 2), np.float32)
+    tasks = [
+        asyncio.create_task(pump(outlets.make(uniq, stream_type=stype, source_id=f"{uniq}-{k}"), block, 0.01, stop))
+        for k in (1, 2)
+    ]
+    try:
+        async with open_source(f"lsl:type={stype}") as src:
+            items = await take(src, lambda it: sum(isinstance(i, StreamInfo) for i in it) == 2, 15.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    infos = [i for i in items if isinstance(i, StreamInfo)]
+    assert {i.stream_id for i in infos} == {f"lsl:{uniq}", f"lsl:{uniq}#2"}
+    assert {i.name for i in infos} == {uniq, f"{uniq}#2"}
+    assert {i.meta["lsl"]["source_id"] for i in infos} == {f"{uniq}-1", f"{uniq}-2"}

@@ -1,4 +1,4 @@
-"""XDF replay (``file:session.xdf``): stream selection, units, recorded timestamps, looping, pacing.
+"""XDF replay (``file:recording.xdf``): stream selection, units, recorded timestamps, looping, pacing.
 
 Needs pyxdf but not liblsl. The files are written by the small XDF writer in conftest.py.
 """
@@ -23,7 +23,7 @@ pytest.importorskip("pyxdf")
 FS = 1000.0
 
 
-def session(n: int = 400, t0: float = 5000.0) -> list[dict[str, Any]]:
+def recording(n: int = 400, t0: float = 5000.0) -> list[dict[str, Any]]:
     """An EMG stream (int16, mV, one EMG + one trigger channel), an EEG stream and a marker stream."""
     rng = np.random.default_rng(1)
     stamps = t0 + np.arange(n) / FS
@@ -80,15 +80,15 @@ async def play(uri: str, limit: int = 100000, limit_s: float = 20.0) -> list[Any
 async def test_plays_the_emg_stream_in_uv_with_recorded_timestamps(
     tmp_path: Path, xdf_writer: Callable[..., Path]
 ) -> None:
-    streams = session()
-    path = xdf_writer(tmp_path / "session.xdf", streams)
+    streams = recording()
+    path = xdf_writer(tmp_path / "rec.xdf", streams)
     items = await play(f"file:{path}?speed=max")
     infos = [i for i in items if isinstance(i, StreamInfo)]
     assert len(infos) == 1, "only the EMG-typed stream is played"
     info = infos[0]
     assert info.name == "Amp1" and info.fs == FS
     assert info.channels == ("Biceps",), "the trigger channel is dropped (channels=emg)"
-    assert info.stream_id == "xdf:session/Amp1"
+    assert info.stream_id == "xdf:rec/Amp1"
     chunks = [i for i in items if isinstance(i, Chunk)]
     data = np.concatenate([c.data for c in chunks])
     stamps = np.concatenate([c.timestamps for c in chunks])
@@ -103,7 +103,7 @@ async def test_plays_the_emg_stream_in_uv_with_recorded_timestamps(
 async def test_without_emg_type_plays_all_numeric_regular_streams(
     tmp_path: Path, xdf_writer: Callable[..., Path]
 ) -> None:
-    streams = session()
+    streams = recording()
     streams[1]["type"] = "ExG"
     path = xdf_writer(tmp_path / "s.xdf", streams)
     items = await play(f"file:{path}?speed=max&channels=all")
@@ -119,7 +119,7 @@ async def test_without_emg_type_plays_all_numeric_regular_streams(
 
 
 async def test_loop_keeps_timestamps_increasing(tmp_path: Path, xdf_writer: Callable[..., Path]) -> None:
-    path = xdf_writer(tmp_path / "loop.xdf", session(n=100))
+    path = xdf_writer(tmp_path / "loop.xdf", recording(n=100))
     items = await play(f"file:{path}?speed=max&loop=1", limit=1 + 35)  # info + 3.5 rounds of 10 chunks
     chunks = [i for i in items if isinstance(i, Chunk)]
     stamps = np.concatenate([c.timestamps for c in chunks])
@@ -129,7 +129,7 @@ async def test_loop_keeps_timestamps_increasing(tmp_path: Path, xdf_writer: Call
 
 
 async def test_speed_one_follows_the_recorded_time(tmp_path: Path, xdf_writer: Callable[..., Path]) -> None:
-    path = xdf_writer(tmp_path / "rt.xdf", session(n=300))  # 0.3 s
+    path = xdf_writer(tmp_path / "rt.xdf", recording(n=300))  # 0.3 s
     src = from_uri(f"file:{path}")
     assert src.realtime
     t0 = time.perf_counter()
@@ -141,14 +141,14 @@ async def test_speed_one_follows_the_recorded_time(tmp_path: Path, xdf_writer: C
 
 
 async def test_select_and_rename_a_stream(tmp_path: Path, xdf_writer: Callable[..., Path]) -> None:
-    path = xdf_writer(tmp_path / "sel.xdf", session())
+    path = xdf_writer(tmp_path / "sel.xdf", recording())
     items = await play(f"file:{path}?speed=max&stream=Cap&name=Head")
     infos = [i for i in items if isinstance(i, StreamInfo)]
     assert [(i.name, i.fs, i.channels) for i in infos] == [("Head", FS / 2, ("Fz", "Cz", "Pz"))]
 
 
 async def test_unplayable_and_broken_files_give_clear_errors(tmp_path: Path, xdf_writer: Callable[..., Path]) -> None:
-    only_markers = xdf_writer(tmp_path / "m.xdf", session()[:1])
+    only_markers = xdf_writer(tmp_path / "m.xdf", recording()[:1])
     with pytest.raises(DataFormatError, match=r"nothing to play.*Markers"):
         await play(f"file:{only_markers}?speed=max")
     broken = tmp_path / "broken.xdf"
@@ -156,7 +156,7 @@ async def test_unplayable_and_broken_files_give_clear_errors(tmp_path: Path, xdf
     with pytest.raises(DataFormatError, match="not a readable XDF"):
         await play(f"file:{broken}")
     with pytest.raises(DataFormatError, match="no playable stream named Nope"):
-        await play(f"file:{xdf_writer(tmp_path / 'n.xdf', session())}?stream=Nope")
+        await play(f"file:{xdf_writer(tmp_path / 'n.xdf', recording())}?stream=Nope")
 
 
 def test_uri_parsing() -> None:

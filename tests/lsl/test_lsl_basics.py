@@ -1,4 +1,4 @@
-"""LSL helpers that need no liblsl: URI parsing, settings, units, channel plans, the lazy import, the executor."""
+"""LSL pieces that need no liblsl: URI parsing, settings, units, channel plans, the lazy import, the executor."""
 
 from __future__ import annotations
 
