@@ -42,11 +42,26 @@ from .errors import ConfigError, InferenceError
 from .model import ModelBundle
 from .types import Window
 
-__all__ = ["EngineSettings", "EngineStats", "InferenceEngine", "select_device"]
+__all__ = [
+    "OPTIMIZE_MODES",
+    "EngineSettings",
+    "EngineStats",
+    "FoldedClassifier",
+    "GraphRunner",
+    "InferenceEngine",
+    "OptimizedModel",
+    "cuda_graph_capture",
+    "graph_buckets",
+    "optimize_model",
+    "select_device",
+]
 
 log = logging.getLogger(__name__)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+#: Accepted values of :attr:`EngineSettings.optimize`.
+OPTIMIZE_MODES: tuple[str, ...] = ("auto", "none", "fold", "trace")
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,15 @@ class EngineSettings:
         queue_size: most windows waiting; ``submit_nowait`` drops (and counts) beyond it, ``submit`` waits.
         timeout_s: longest one forward call may take before its windows are given up (device hung).
         warmup: run one forward at the largest batch size on entry, so the first real batch is not slow.
+        optimize: how the bundle's model is prepared for inference (see :func:`optimize_model`): ``"none"`` runs
+            it as built; ``"fold"`` runs an equivalent module (batch norms folded into the convolutions, the
+            spectrogram as one matrix product, the delta by slicing); ``"trace"`` also traces and freezes that
+            module with ``torch.jit`` (no Python per operator); ``"auto"`` = ``"trace"`` on a CPU, ``"fold"`` on
+            CUDA (where CUDA graphs remove the per-operator overhead instead). Every variant is checked against
+            the model as built (probabilities within 1e-4) and falls back to it otherwise.
+        cuda_graphs: on CUDA, capture the model once per batch-size bucket (powers of two up to ``max_batch``) and
+            replay the graph, padding a batch up to its bucket, where a timed replay beats the eager call at
+            warm-up. Ignored on a CPU.
     """
 
     max_batch: int = 64
@@ -70,6 +94,8 @@ class EngineSettings:
     queue_size: int = 4096
     timeout_s: float = 30.0
     warmup: bool = True
+    optimize: str = "auto"
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.max_batch) and self.max_batch >= 1):
@@ -90,6 +116,12 @@ class EngineSettings:
             raise ConfigError(f"EngineSettings.timeout_s={self.timeout_s!r}: give a positive number of seconds")
         if not isinstance(self.warmup, bool):
             raise ConfigError(f"EngineSettings.warmup={self.warmup!r}: must be true or false")
+        if self.optimize not in OPTIMIZE_MODES:
+            raise ConfigError(
+                f"EngineSettings.optimize={self.optimize!r}: use one of {', '.join(OPTIMIZE_MODES)} (default auto)"
+            )
+        if not isinstance(self.cuda_graphs, bool):
+            raise ConfigError(f"EngineSettings.cuda_graphs={self.cuda_graphs!r}: must be true or false")
 
 
 def _is_int(v: object) -> bool:
@@ -118,6 +150,277 @@ def select_device(
             "use --device cpu (or --device auto to take a GPU only when there is one)"
         )
     return torch.device(requested)
+
+
+# ---------------------------------------------------------------------------------------------- inference model
+
+
+def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``y = x * scale + shift``; returns ``(scale, shift)``, each ``(C,)``."""
+    assert bn.running_var is not None and bn.running_mean is not None
+    weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale.detach().clone(), (bias - bn.running_mean * scale).detach().clone()
+
+
+class FoldedClassifier(nn.Module):
+    """An inference-only equivalent of :class:`streamemg.model.Classifier` for windows of ``window_samples``.
+
+    ``(B, T)`` float32 µV -> ``(B, K)`` logits, equal to the classifier's to float rounding. It is built from a copy
+    of the weights (the classifier itself is not changed) and differs only in how the same arithmetic is laid out:
+
+    * spectrogram: the window is cut into ``hop``-sample blocks (a free reshape when the frame is a whole number
+      ``r`` of hops, else an unfolded copy) and multiplied by the windowed DFT basis in **one** large matrix product
+      ``(B * blocks, hop) @ (hop, r * 2F)``; frame ``n`` is the sum of block ``n + j``'s ``j``-th output part. The
+      FLOPs are those of the convolution it replaces, but a single big GEMM runs near the machine's matmul rate.
+    * the network runs on ``(B, C, N, F)`` (time before frequency) so the features need no transpose: every 3x3
+      kernel is transposed instead, which is exact because kernel, stride and padding are square.
+    * delta: the regression delta as slices of the edge-padded log-spectrogram (a 1-channel ``conv1d`` over
+      ``B * F`` rows is pathologically slow in oneDNN); the input batch norm is applied to both planes as
+      scalars; every conv's batch norm is folded into its weights and bias; ReLUs run in place.
+    """
+
+    def __init__(self, classifier: nn.Module, window_samples: int) -> None:
+        super().__init__()
+        feats, net = classifier.features, classifier.net
+        s = feats.settings
+        hop, win = s.hop_length, s.win_length
+        self.hop = hop
+        self.win = win
+        self.n_freqs = feats.n_freqs
+        self.n_frames = s.n_frames(window_samples)
+        self.whole = win % hop == 0  # frames are whole numbers of blocks
+        self.r = win // hop if self.whole else 1
+        self.floor = float(s.log_floor)
+        self.normalize = s.normalize == "window"
+        basis = feats.spectrogram.basis[:, 0, :].detach().to(torch.float32)  # (2F, W)
+        if self.whole:
+            parts = [basis[:, j * hop : (j + 1) * hop].T for j in range(self.r)]  # r x (hop, 2F)
+            weight = torch.cat(parts, dim=1)  # (hop, r * 2F)
+        else:
+            weight = basis.T  # (W, 2F)
+        self.register_buffer("dft", weight.contiguous().clone())
+        scale, shift = _fold_bn(net.input_norm)
+        self.delta_width = int(feats.delta.width)
+        self.delta_norm = float(feats.delta.norm)
+        self.a0, self.b0 = float(scale[0]), float(shift[0])
+        self.a1, self.b1 = float(scale[1]) / self.delta_norm, float(shift[1])
+        convs, excite = [], []
+        for block in net.blocks:
+            conv, (bn_scale, bn_shift) = block.conv, _fold_bn(block.bn)
+            folded = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+            )
+            with torch.no_grad():
+                w = conv.weight.detach() * bn_scale[:, None, None, None]
+                folded.weight.copy_(w.transpose(2, 3))  # kernels over (N, F) instead of (F, N)
+                b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn_shift)
+                folded.bias.copy_(b * bn_scale + bn_shift)
+            convs.append(folded)
+            excite.append(block.se if block.se is not None else nn.Identity())
+        self.convs = nn.ModuleList(convs)
+        self.excite = nn.ModuleList(excite)
+        self.has_se = tuple(block.se is not None for block in net.blocks)
+        self.embed = net.embed
+        self.pool = net.pool
+        self.head = net.head
+        self.eval()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` -> ``(B, 2, N, F)``: normalised [log-spectrogram, delta] planes, time-major."""
+        n, f2, hop = self.n_frames, 2 * self.n_freqs, self.hop
+        if self.whole:
+            nb = n + self.r - 1
+            y = (x[:, : nb * hop].reshape(-1, hop) @ self.dft).reshape(-1, nb, self.r * f2)
+            acc = y[:, :n, :f2]
+            for j in range(1, self.r):
+                acc = acc + y[:, j : j + n, j * f2 : (j + 1) * f2]
+        else:
+            frames = x.unfold(1, self.win, hop)  # (B, N, W), a strided view
+            acc = (frames.reshape(-1, self.win) @ self.dft).reshape(-1, n, f2)
+        re, im = acc[..., : self.n_freqs], acc[..., self.n_freqs :]
+        ls = torch.log(re * re + im * im + self.floor)  # (B, N, F)
+        if self.normalize:
+            ls = ls - ls.mean(dim=(1, 2), keepdim=True)
+        w = self.delta_width
+        padded = torch.cat([ls[:, :1].expand(-1, w, -1), ls, ls[:, -1:].expand(-1, w, -1)], dim=1)
+        delta = padded[:, w + 1 : w + 1 + n] - padded[:, w - 1 : w - 1 + n]
+        for k in range(2, w + 1):
+            delta = delta + k * (padded[:, w + k : w + k + n] - padded[:, w - k : w - k + n])
+        return torch.stack([ls * self.a0 + self.b0, delta * self.a1 + self.b1], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        for conv, se, has_se in zip(self.convs, self.excite, self.has_se, strict=True):
+            h = torch.relu_(conv(h))
+            if has_se:
+                s = torch.sigmoid(se.fc2(torch.relu(se.fc1(h.mean(dim=(2, 3))))))
+                h = h * s[:, :, None, None]
+        b, c, n, f = h.shape
+        e = torch.relu(self.embed(h.permute(0, 1, 3, 2).reshape(b, c * f, n)))  # channel index c * F' + f
+        z = self.pool(e) if self.pool is not None else e.mean(dim=-1)
+        return self.head(z)
+
+
+@dataclass(frozen=True)
+class OptimizedModel:
+    """What :func:`optimize_model` made: the module to run and how it came about.
+
+    Attributes:
+        module: ``(B, T) -> (B, K)`` logits on ``device``.
+        mode: the variant in use (``"none"``, ``"fold"`` or ``"trace"``).
+        max_abs_diff: largest probability difference to the model as built, on the check input.
+        note: why a requested variant was not used (empty when it was).
+    """
+
+    module: nn.Module
+    mode: str
+    max_abs_diff: float = 0.0
+    note: str = ""
+
+
+def optimize_model(
+    model: nn.Module, window_samples: int, device: torch.device, mode: str = "auto", tolerance: float = 1e-4
+) -> OptimizedModel:
+    """Prepare a :class:`~streamemg.model.Classifier` for inference on ``device`` (see ``EngineSettings.optimize``).
+
+    The model passed in is not modified (variants are built from copies of its weights). A variant whose softmax
+    probabilities differ from the model's by more than ``tolerance`` on a check batch (random µV-scale windows,
+    batch sizes 3 and 1), or that fails to build, is dropped in favour of the next simpler one, and the reason is
+    logged and returned in :attr:`OptimizedModel.note`.
+    """
+    if mode not in OPTIMIZE_MODES:
+        raise ConfigError(f"optimize mode {mode!r}: use one of {', '.join(OPTIMIZE_MODES)}")
+    model = model.to(device).eval()
+    if mode == "auto":
+        mode = "fold" if device.type == "cuda" else "trace"
+    if mode == "none" or not (hasattr(model, "features") and hasattr(model, "net")):
+        return OptimizedModel(model, "none", 0.0, "" if mode == "none" else "not a Classifier: run as given")
+    gen = torch.Generator().manual_seed(1234)
+    check = (torch.randn(3, window_samples, generator=gen) * 50.0).to(device)
+    with torch.inference_mode():
+        ref = torch.softmax(model(check).float(), dim=-1)
+        ref1 = torch.softmax(model(check[:1]).float(), dim=-1)
+    notes: list[str] = []
+    candidates = ["trace", "fold"] if mode == "trace" else ["fold"]
+    for variant in candidates:
+        try:
+            module: nn.Module = FoldedClassifier(model, window_samples).to(device).eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            if variant == "trace":
+                with torch.no_grad():
+                    module = torch.jit.freeze(torch.jit.trace(module, check, check_trace=False))
+            with torch.inference_mode():
+                out = torch.softmax(module(check).float(), dim=-1)
+                out1 = torch.softmax(module(check[:1]).float(), dim=-1)
+            diff = max(float((out - ref).abs().max()), float((out1 - ref1).abs().max()))
+        except Exception as exc:  # an architecture the variant does not cover: use a simpler one
+            notes.append(f"{variant}: {type(exc).__name__}: {exc}")
+            continue
+        if not diff <= tolerance:
+            notes.append(f"{variant}: probabilities differ by {diff:.2e} > {tolerance:g}")
+            continue
+        note = "; ".join(notes)
+        if note:
+            log.warning("model optimisation: %s; using %s", note, variant)
+        return OptimizedModel(module, variant, diff, note)
+    note = "; ".join(notes)
+    log.warning("model optimisation failed (%s); running the model as built", note)
+    return OptimizedModel(model, "none", 0.0, note)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+
+
+def graph_buckets(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes to capture: powers of two below ``max_batch``, and ``max_batch`` itself (ascending)."""
+    sizes = {max_batch}
+    b = 1
+    while b < max_batch:
+        sizes.add(b)
+        b *= 2
+    return tuple(sorted(sizes))
+
+
+#: ``capture(bucket) -> (static_input (bucket, T), replay(), static_output (bucket, K))`` on the device.
+GraphCapture = Callable[[int], tuple[torch.Tensor, Callable[[], None], torch.Tensor]]
+
+
+class GraphRunner:
+    """Runs batches through captured graphs, one per batch-size bucket, captured lazily on first use.
+
+    A batch of ``rows`` goes to the smallest bucket ``>= rows``: its rows are copied into the bucket's static input
+    (non-blocking from pinned memory), the rows beyond them are zeroed, the graph is replayed and the first ``rows``
+    outputs are returned. Batches larger than every bucket, and buckets whose capture failed, return None (the
+    caller runs them eagerly); a failed capture is remembered and not retried.
+
+    Args:
+        capture: makes one bucket's graph (injectable: tests pass a CPU stand-in; on CUDA see
+            :func:`cuda_graph_capture`).
+        buckets: the batch sizes to use, ascending.
+    """
+
+    def __init__(self, capture: GraphCapture, buckets: Sequence[int]) -> None:
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+            raise ConfigError(f"GraphRunner buckets={tuple(buckets)!r}: give distinct ascending sizes >= 1")
+        self._capture = capture
+        self.buckets = tuple(int(b) for b in buckets)
+        self.graphs: dict[int, tuple[torch.Tensor, Callable[[], None], torch.Tensor]] = {}
+        self.failed: dict[int, str] = {}
+        self.replays = 0
+        self.padded_rows = 0
+
+    def bucket_for(self, rows: int) -> int | None:
+        """The smallest bucket holding ``rows`` rows, or None when ``rows`` exceeds the largest."""
+        for b in self.buckets:
+            if b >= rows:
+                return b
+        return None
+
+    def run(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``x`` (rows, T) host or device -> (rows, K) device output of the replayed graph, or None (run eagerly)."""
+        rows = int(x.shape[0])
+        bucket = self.bucket_for(rows)
+        if bucket is None or bucket in self.failed:
+            return None
+        entry = self.graphs.get(bucket)
+        if entry is None:
+            try:
+                entry = self._capture(bucket)
+            except Exception as exc:  # capture is an optimisation: never fatal
+                self.failed[bucket] = f"{type(exc).__name__}: {exc}"
+                log.warning("graph capture for batch %d failed (%s); that bucket runs eagerly", bucket, exc)
+                return None
+            self.graphs[bucket] = entry
+        static_in, replay, static_out = entry
+        static_in[:rows].copy_(x, non_blocking=True)
+        if rows < bucket:
+            static_in[rows:].zero_()
+            self.padded_rows += bucket - rows
+        replay()
+        self.replays += 1
+        return static_out[:rows]
+
+
+def cuda_graph_capture(model: nn.Module, window_samples: int, device: torch.device, warmup: int = 3) -> GraphCapture:
+    """The real capture for :class:`GraphRunner`: ``softmax(model(x))`` into a ``torch.cuda.CUDAGraph``."""
+
+    def capture(bucket: int) -> tuple[torch.Tensor, Callable[[], None], torch.Tensor]:
+        static_in = torch.zeros((bucket, window_samples), dtype=torch.float32, device=device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(warmup):  # cuDNN/cuBLAS pick their kernels outside the capture
+                torch.softmax(model(static_in).float(), dim=-1)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            static_out = torch.softmax(model(static_in).float(), dim=-1)
+        return static_in, graph.replay, static_out
+
+    return capture
 
 
 @dataclass

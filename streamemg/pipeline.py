@@ -141,6 +141,7 @@ class StreamState:
         self.rejected = 0
         self.accepted = False  # whether the last chunk passed the sequence check
         self.latencies: collections.deque[float] = collections.deque(maxlen=settings.latency_history)
+        self._lat_cache: tuple[int, float, float] = (-1, float("nan"), float("nan"))
         self.decision_times: collections.deque[float] = collections.deque(maxlen=64)
         self.levels: collections.deque[float] = collections.deque(maxlen=settings.level_bins)
         self._level_sumsq = 0.0
@@ -292,8 +293,19 @@ class StreamState:
         self.last_estimate = est
         return est
 
+    def latency_percentiles(self) -> tuple[float, float]:
+        """(p50, p99) decision latency in ms over the recent windows; recomputed only after new decisions."""
+        if self._lat_cache[0] != self.windows:
+            if self.latencies:
+                lat = np.fromiter(self.latencies, dtype=np.float64, count=len(self.latencies))
+                p50, p99 = np.percentile(lat, (50, 99))
+                self._lat_cache = (self.windows, float(p50), float(p99))
+            else:
+                self._lat_cache = (self.windows, float("nan"), float("nan"))
+        return self._lat_cache[1], self._lat_cache[2]
+
     def snapshot(self, now: float) -> StreamSnapshot:
-        lat = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
+        p50, p99 = self.latency_percentiles()
         rate = 0.0
         if len(self.decision_times) >= 2:
             span = now - self.decision_times[0]
@@ -308,8 +320,8 @@ class StreamState:
             status_detail=self.status_detail,
             level=tuple(self.levels),
             last=self.last_estimate,
-            latency_p50_ms=float(np.percentile(lat, 50)) if lat is not None else float("nan"),
-            latency_p99_ms=float(np.percentile(lat, 99)) if lat is not None else float("nan"),
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
             windows_per_s=rate,
             windows=self.windows,
             dropped_samples=self.dropped_samples + self.buffer.overrun,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -369,9 +370,19 @@ def prepare_all(
 ) -> list[PreparedRecording]:
     """:func:`prepare` every recording, with a rich progress bar."""
     out: list[PreparedRecording] = []
+    slow = [r for r in refs if r.fs < float(config.fs)]
+    if slow:
+        logging.getLogger(__name__).warning(
+            "%d recording(s) sampled below the model rate %g Hz are skipped (no upsampling): %s",
+            len(slow),
+            config.fs,
+            ", ".join(r.record for r in slow[:5]),
+        )
     with _progress(progress) as bar:
-        task = bar.add_task("preparing recordings", total=len(refs))
+        task = bar.add_task("preparing recordings", total=len(refs) - len(slow), info="")
         for ref in refs:
+            if ref.fs < float(config.fs):
+                continue
             out.append(prepare(ref, config, quality, grid_s, cache_dir))
             bar.advance(task)
     return out

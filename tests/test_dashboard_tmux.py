@@ -97,6 +97,7 @@ def tmux_pane(argv: list[str], width: int = WIDTH, height: int = HEIGHT) -> Iter
     env_prefix = ["env", "-u", "COLUMNS", "-u", "LINES", "TERM=xterm-256color"]
     if os.environ.get("STREAMEMG_DATA"):
         env_prefix.append(f"STREAMEMG_DATA={os.environ['STREAMEMG_DATA']}")
+    socket_path = ""
     command = f'cd {shlex.quote(str(REPO))} && {shlex.join(env_prefix + argv)}; echo "[exit status $?]"'
     try:
         # remain-on-exit keeps the pane (and what it shows) after the command ends
@@ -105,9 +106,12 @@ def tmux_pane(argv: list[str], width: int = WIDTH, height: int = HEIGHT) -> Iter
             "new-session", "-d", "-s", pane.target, "-x", str(width), "-y", str(height), command,
             ";", "set-option", "-t", pane.target, "remain-on-exit", "on",
         )  # fmt: skip
+        socket_path = pane.tmux("display-message", "-p", "#{socket_path}", check=False).strip()
         yield pane
     finally:
         pane.tmux("kill-server", check=False)
+        if socket_path:  # tmux leaves its socket file behind
+            Path(socket_path).unlink(missing_ok=True)
 
 
 def has_all(*needles: str, pattern: re.Pattern[str] | None = None) -> Callable[[str], bool]:

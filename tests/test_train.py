@@ -152,3 +152,21 @@ def test_cross_validate_smoke(prepared: list) -> None:
     assert sorted(tested) == sorted({p.ref.subject for p in prepared})
     d = report.to_dict()
     assert set(d["levels"]) == {"window", "recording", "subject"}
+
+
+def test_cli_parsers() -> None:
+    import argparse
+
+    from streamemg.cli import evaluate as cli_evaluate
+    from streamemg.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    cli_train.add_parser(sub)
+    cli_evaluate.add_parser(sub)
+    a = parser.parse_args(["train", "D1", "D2", "--out", "x.pt", "--seed", "3", "--epochs", "2", "--quick"])
+    assert a.func is cli_train.run and a.data == ["D1", "D2"] and a.seed == 3 and a.quick
+    b = parser.parse_args(["evaluate", "D", "--folds", "loso", "--json", "--cross-site"])
+    assert b.func is cli_evaluate.run and b.folds == "loso" and b.json and b.cross_site
+    with pytest.raises(ConfigError):
+        cli_evaluate._int_folds("1")

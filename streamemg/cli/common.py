@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError
@@ -169,11 +170,35 @@ async def execute(
         if plan.dashboard:
             from ..dashboard import Dashboard
 
-            async with Dashboard(pipeline.snapshot):
-                await pipeline.run(duration=plan.duration)
+            # log lines on stderr would scribble over the full-screen dashboard: show them in its footer
+            with _logs_into(pipeline.errors):
+                async with Dashboard(pipeline.snapshot):
+                    await pipeline.run(duration=plan.duration)
         else:
             await pipeline.run(duration=plan.duration)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
     return pipeline
+
+
+class _DequeHandler(logging.Handler):
+    def __init__(self, sink: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name != "streamemg.pipeline":  # the pipeline puts its own errors there already
+            self.sink.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _logs_into(sink: Any) -> Iterator[None]:
+    """While the dashboard owns the terminal, route log records of WARNING and above into ``sink``."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [_DequeHandler(sink)]
+    try:
+        yield
+    finally:
+        root.handlers = saved

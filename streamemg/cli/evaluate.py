@@ -21,7 +21,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("data", nargs="+", metavar="DATA_DIR", help="data root or data set folder(s)")
     p.add_argument("--folds", default="5", help="'loso' (leave one subject out) or K for grouped K-fold (default 5)")
     p.add_argument(
-        "--datasets", default="emglab,mendeley", help="data sets to cross-validate"
+        "--datasets",
+        default="emglab,mendeley,emglab+mendeley",
+        help="comma-separated data sets to cross-validate; 'a+b' pools them (subjects stay apart, folds are "
+        "stratified by data set and class). Default: emglab,mendeley,emglab+mendeley",
     )
     p.add_argument("--cross-site", action="store_true", help="also train on one site and test on the other")
     p.add_argument("--leaky", action="store_true", help="also a LEAKY random window split (for comparison only)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    wanted = set(datasets) | ({"emglab", "mendeley"} if args.cross_site else set())
+    wanted = {part for d in datasets for part in d.split("+")} | ({"emglab", "mendeley"} if args.cross_site else set())
     refs = find_recordings(args.data, datasets=sorted(wanted))
     if not refs:
         raise ConfigError(f"no recordings found under {', '.join(args.data)}")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.json else console.print
     if not args.no_cv:
         for ds in datasets:
-            part = [p for p in prepared if p.ref.dataset == ds]
+            members = set(ds.split("+"))
+            part = [p for p in prepared if p.ref.dataset in members]
             if len({p.ref.subject for p in part}) < 2:
                 console.print(f"[yellow]{ds}: fewer than two subjects present, no cross-validation[/yellow]")
                 continue
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             if any(p.ref.dataset == a for p in prepared) and any(p.ref.dataset == b for p in prepared):
                 reports.append(cross_site(prepared, config, a, b, settings, progress))
     if args.leaky:
-        part = [p for p in prepared if p.ref.dataset == (datasets[0] if datasets else "emglab")]
+        first = datasets[0].split("+") if datasets else ["emglab"]
+        part = [p for p in prepared if p.ref.dataset in first]
         reports.append(leaky_split(part, config, settings, seed=args.seed, progress=progress))
     if args.json:
         payload = {

@@ -75,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
     )
     out = bundle.save(args.out)
     card = Path(args.card) if args.card else out.with_suffix(".md")
-    card.write_text(render_model_card(bundle, command=" ".join(["streamemg", *sys.argv[2:]]) if sys.argv else ""))
+    card.write_text(render_model_card(bundle, command=" ".join(["streamemg", *sys.argv[1:]]) if sys.argv else ""))
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {card}")
     return 0

@@ -2,7 +2,7 @@
 
 URI::
 
-    mqtt://[user[:password]@]host[:port][?prefix=streamemg&client_id=...]
+    mqtt://[user[:password]@]host[:port][?prefix=streamemg&qos=1&timeout=5&client_id=...]
     mqtts://...[?ca=CA.pem&cert=CLIENT.pem&key=CLIENT.key&insecure=0]
 
 For every Estimate of a stream, the sink publishes to ``<prefix>/<device>/estimate`` (QoS 1) the JSON of
@@ -12,7 +12,7 @@ subscribes later sees the current label at once. ``<device>`` is the MQTT device
 streams and a sanitised stream id otherwise (:func:`streamemg.protocol.device_for_stream`).
 
 Failures never block the pipeline: the sink sits behind a bounded SinkRunner queue; a publish that fails
-(broker gone, no PUBACK within the timeout) raises :class:`~streamemg.errors.SinkError`, which the runner
+(broker gone, no PUBACK within ``timeout`` seconds) raises :class:`~streamemg.errors.SinkError`, which the runner
 counts, and a background task reconnects with exponential backoff. While disconnected, ``send`` fails at
 once (counted) instead of waiting.
 """
@@ -78,7 +78,7 @@ class MqttSinkSettings:
             raise ConfigError("MqttSinkSettings: need 0 < backoff_initial_s <= backoff_max_s")
 
 
-_SINK_PARAMS = ("prefix", "qos")
+_SINK_PARAMS = ("prefix", "qos", "timeout")
 
 
 def from_uri(uri: str) -> MqttSink:
@@ -96,11 +96,14 @@ def from_uri(uri: str) -> MqttSink:
     if unknown:
         raise ConfigError(
             f"MQTT output {mask_password(uri)!r}: unknown option(s) {', '.join(unknown)}; known: prefix, qos, "
-            "client_id, keepalive, ca, cert, key, insecure"
+            "timeout, client_id, keepalive, ca, cert, key, insecure"
         )
     try:
         settings = MqttSinkSettings(
-            connection=connection, prefix=params.get("prefix") or OUTPUT_PREFIX, qos=int(params.get("qos", "1"))
+            connection=connection,
+            prefix=params.get("prefix") or OUTPUT_PREFIX,
+            qos=int(params.get("qos", "1")),
+            publish_timeout_s=float(params.get("timeout", "5")),
         )
     except ValueError as exc:
         raise ConfigError(f"MQTT output {mask_password(uri)!r}: {exc}") from None

@@ -205,7 +205,7 @@ def encode_chunk(key: int, chunk: Chunk, t_rec: float) -> bytes:
         elif seq >= 2**63:
             seq -= 2**64  # stored as the same 64 bits; FLAG_SEQ_NEGATIVE unset says "read unsigned"
     head = CHUNK_HEAD.pack(key, data.shape[0], data.shape[1], flags, ts.shape[0], seq, t_rec)
-    return frame(K_CHUNK, head, memoryview(ts).cast("B"), memoryview(data).cast("B"))
+    return frame(K_CHUNK, head, memoryview(ts.view(np.uint8)), memoryview(data.reshape(-1).view(np.uint8)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,8 +535,13 @@ class RecordSink:
         return items
 
     async def _write_loop(self) -> None:
-        """Hand the queued records to the write thread at least every ``flush_s``; runs until closed and empty."""
+        """Hand the queued records to the write thread at least every ``flush_s``; runs until closed and empty.
+
+        On close it writes what is queued plus the gap records of any losses; if the disk keeps failing it
+        gives up after three attempts (the losses stay counted in :attr:`counts`).
+        """
         flush_s = self.settings.flush_s
+        attempts_after_close = 0
         while True:
             if not self._closing and self._pending_bytes < self.settings.batch_mb * 2**20:
                 try:
@@ -548,8 +553,10 @@ class RecordSink:
             self._pending, self._pending_bytes = [], 0
             if batch:
                 await self._write(batch)
-            if self._closing and not self._pending:
-                return
+            if self._closing:
+                attempts_after_close += 1
+                if (not self._pending and not self._lost) or attempts_after_close >= 3:
+                    return
 
     async def _write(self, batch: list[_Item]) -> None:
         try:

@@ -691,10 +691,11 @@ class MqttSource:
         self.connected = False
         self._client = None
         self._lost_at = self.clock()
-        log.warning("MQTT broker %s went away (%s); reconnecting", self.settings.connection.display(), exc)
+        reason = f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
+        log.warning("MQTT broker %s went away (%s); reconnecting", self.settings.connection.display(), reason)
         for dev in self._devices.values():
             if dev.info is not None:
-                detail = f"broker connection lost ({exc}); reconnecting"
+                detail = f"broker connection lost ({reason}); reconnecting"
                 self._pending.append(StatusEvent(dev.stream_id, StreamStatus.RECONNECTING, detail))
 
     async def _reconnect(self) -> bool:
