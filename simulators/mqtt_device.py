@@ -391,19 +391,20 @@ async def _generators(
     settings: FleetSettings, ids: list[str]
 ) -> tuple[float, tuple[str, ...], list[Any], list[dict[str, Any]], str]:
     """(fs, channel labels, one sample generator per device, device facts, description)."""
-    base = {"model": "streamemg simulated edge device", "firmware": "sim-1", "format": settings.fmt}
+    base: dict[str, Any] = {"model": "streamemg simulated edge device", "firmware": "sim-1", "format": settings.fmt}
+    gens: list[Any] = []
+    infos: list[dict[str, Any]] = []
     if settings.replay is not None:
         from streamemg.recordings import read_recording
 
         rec = await asyncio.to_thread(read_recording, settings.replay, settings.fs)
         n = rec.data.shape[0]
-        gens = [_Looped(rec.data, i * n // len(ids)) for i in range(len(ids))]
-        infos = [{**base, "replay": Path(str(rec.path or settings.replay)).name} for _ in ids]
+        gens.extend(_Looped(rec.data, i * n // len(ids)) for i in range(len(ids)))
+        infos.extend({**base, "replay": Path(str(rec.path or settings.replay)).name} for _ in ids)
         return float(rec.fs), tuple(rec.channels), gens, infos, f"replay of {settings.replay} (looped)"
     from .synth import EMGSimulator, pick_class
 
     fs = float(settings.fs) if settings.fs is not None else 10000.0
-    gens, infos = [], []
     for i in range(len(ids)):
         gen = EMGSimulator(pick_class(settings.cls, i), fs, settings.channels, settings.seed + i)
         gens.append(gen)

@@ -1,39 +1,214 @@
-"""draft"""
+"""The benchmarks behind ``streamemg bench``: compute, batching, ingest, memory and whole-pipeline capacity.
+
+Every figure comes from the same process in the same run, so ratios between them are meaningful even on a busy
+machine (absolute numbers are not: :func:`run_bench` records the load average before and after).
+
+What is measured (see ``docs/performance.md`` for how to read the numbers):
+
+* **compute**: a large float32 matmul (the device's practical limit), and the model's FLOPs per window and its
+  achieved rate per batch size for each inference variant of :func:`streamemg.engine.optimize_model`;
+* **batching**: the engine's throughput against one forward call per window (the way per-stream tools call a
+  model), on the same windows, for a backlog and for the bursts that 1 ... 512 streams produce per hop;
+* **ingest**: ring buffer + filters + resampling + window cutting per 10 ms chunk (:class:`StreamState`);
+* **memory**: resident memory per added stream (VmRSS from ``/proc/self/status``);
+* **real time**: the whole :class:`~streamemg.pipeline.Pipeline` fed by :class:`BenchSource` (N single-channel
+  8 kHz streams, 10 ms chunks on absolute deadlines), for the scaling curve and a search for the largest number
+  of streams that keeps up (no backlog, p99 decision latency below 50 ms);
+* **transports**: the LSL and MQTT ingest figures of :mod:`streamemg.sources.lsl` / :mod:`streamemg.sources.mqtt`
+  where they are available, and the dashboard's render cost at the largest stream count run.
+
+Latency in the real-time runs is measured from the moment a window's last sample is *due* (its 10 ms chunk's
+deadline on the source's clock) to the moment its Estimate is published (the pipeline's ``on_estimate``). That
+includes any lateness of the event loop in picking the chunk up, so it is stricter than the pipeline's own
+``latency_ms`` (from the chunk's arrival in the pipeline), which is reported alongside.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import io
+import logging
 import math
 import os
+import platform
+import shutil
+import socket
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from .clock import Clock, monotonic
-from .engine import EngineSettings
-from .model import ModelBundle
-from .pipeline import Pipeline, PipelineSettings
+from .engine import (
+    OPTIMIZE_MODES,
+    EngineSettings,
+    InferenceEngine,
+    default_threads,
+    optimize_model,
+    select_device,
+)
+from .errors import ConfigError
+from .model import ModelBundle, count_flops
+from .pipeline import Pipeline, PipelineSettings, StreamState
 from .sources.memory import GeneratorSource
-from .types import Chunk, Estimate, SourceItem, StreamInfo
+from .types import Chunk, Estimate, SourceItem, StreamInfo, Window
+
+__all__ = [
+    "BenchSettings",
+    "BenchSource",
+    "RealtimeResult",
+    "measure_batching",
+    "measure_ingest",
+    "measure_matmul",
+    "measure_model",
+    "measure_rss_per_stream",
+    "read_rss_mb",
+    "run_bench",
+    "run_realtime",
+    "search_capacity",
+]
+
+log = logging.getLogger(__name__)
+
+#: Targets of the performance work (checked in the report's ``targets``).
+TARGET_CAPACITY = 256
+TARGET_P99_MS = 50.0
+TARGET_RSS_MB = 2.0
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What :func:`run_bench` runs.
+
+    Attributes:
+        quick: the reduced suite (under a minute): shorter real-time runs, no capacity bisection and no wait sweep.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        stream_counts: the scaling curve's stream counts (512 is run only if 256 keeps up).
+        duration_s: length of each real-time run (s of stream time); ``warmup_s`` of it is not measured.
+        fs: the streams' rate (Hz); ``chunk_ms``: chunk length (ms).
+        capacity_limit: the capacity search stops here.
+        capacity_step: the search's resolution (streams).
+        max_batch, max_wait_ms, threads: engine settings for the real-time runs; None = chosen by the sweeps
+            (max_batch, max_wait_ms) or the engine's default (threads).
+        waits_ms: the max-wait values swept at ``sweep_streams`` streams (full run only).
+        batch_sizes: batch sizes of the model sweep.
+        spread: stagger the streams' start over one hop (as independent devices are); False = every stream's
+            windows fall due in the same 10 ms (the worst burst).
+        lsl, mqtt, dashboard: run those parts.
+    """
+
+    quick: bool = False
+    device: str = "cpu"
+    stream_counts: tuple[int, ...] = (1, 16, 64, 256, 512)
+    duration_s: float | None = None
+    warmup_s: float = 2.0
+    fs: float = 8000.0
+    chunk_ms: float = 10.0
+    capacity_limit: int = 2048
+    capacity_step: int = 32
+    max_batch: int | None = None
+    max_wait_ms: float | None = None
+    threads: int | None = None
+    waits_ms: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
+    sweep_streams: int = 256
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256)
+    spread: bool = True
+    lsl: bool = True
+    mqtt: bool = True
+    dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.quick, bool):
+            raise ConfigError(f"BenchSettings.quick={self.quick!r}: must be true or false")
+        if not (self.stream_counts and all(isinstance(n, int) and n >= 1 for n in self.stream_counts)):
+            raise ConfigError(f"BenchSettings.stream_counts={self.stream_counts!r}: give stream counts >= 1")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > self.warmup_s):
+            raise ConfigError(
+                f"BenchSettings.duration_s={self.duration_s!r}: give seconds above warmup_s={self.warmup_s}"
+            )
+        if not (math.isfinite(self.warmup_s) and self.warmup_s >= 1.0):
+            raise ConfigError(f"BenchSettings.warmup_s={self.warmup_s!r}: give at least 1 s (the first window)")
+        if not (math.isfinite(self.fs) and self.fs > 0) or not (math.isfinite(self.chunk_ms) and self.chunk_ms > 0):
+            raise ConfigError(f"BenchSettings fs={self.fs!r}, chunk_ms={self.chunk_ms!r}: give positive numbers")
+        if self.capacity_limit < 1 or self.capacity_step < 1:
+            raise ConfigError("BenchSettings.capacity_limit and capacity_step must be at least 1")
+        if not (self.batch_sizes and all(isinstance(b, int) and b >= 1 for b in self.batch_sizes)):
+            raise ConfigError(f"BenchSettings.batch_sizes={self.batch_sizes!r}: give batch sizes >= 1")
+        if not all(math.isfinite(w) and w >= 0 for w in self.waits_ms):
+            raise ConfigError(f"BenchSettings.waits_ms={self.waits_ms!r}: give waits in ms >= 0")
+
+    @property
+    def run_s(self) -> float:
+        """Length of one real-time run (s)."""
+        if self.duration_s is not None:
+            return self.duration_s
+        return 5.0 if self.quick else 10.0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
 
 
 def read_rss_mb() -> float:
-    """Resident set size of this process (VmRSS from /proc/self/status), MiB; NaN where /proc is missing."""
+    """Resident set size of this process (VmRSS in ``/proc/self/status``), MiB; NaN where there is no /proc."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024.0
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return math.nan
 
 
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return math.nan
+
+
+def _best_wall(fn: Callable[[], object], reps: int, trials: int, sync: Callable[[], None] | None = None) -> float:
+    """Shortest mean time (s) per call over ``trials`` runs of ``reps`` calls (the least-disturbed run)."""
+    best = math.inf
+    for _ in range(trials):
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if sync is not None:
+            sync()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def _sync_for(device: torch.device) -> Callable[[], None] | None:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Any:
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_templates(n: int, fs: float, seconds: float, chunk_samples: int, seed: int = 0) -> np.ndarray:
-    """``(n, L, 1)`` float32 µV synthetic EMG (classes cycled), ``L`` a whole number of chunks."""
+    """``(n, L, 1)`` float32 µV synthetic needle EMG (the three classes in turn), ``L`` a whole number of chunks."""
     from simulators.synth import SIM_CLASSES, EMGSimulator
 
     length = max(1, round(seconds * fs / chunk_samples)) * chunk_samples
@@ -43,38 +218,307 @@ def make_templates(n: int, fs: float, seconds: float, chunk_samples: int, seed: 
     return out
 
 
+def _windows(templates: np.ndarray, n: int, window_samples: int) -> list[Window]:
+    """``n`` distinct single-channel windows ``(1, T)`` cut from the templates (model-rate data assumed)."""
+    out = []
+    n_tpl, length = templates.shape[0], templates.shape[1]
+    span = max(1, length - window_samples)
+    for i in range(n):
+        start = (i * 977) % span
+        data = np.ascontiguousarray(templates[i % n_tpl, start : start + window_samples, 0][None, :])
+        out.append(Window(f"w{i}", i, data, float(i), 0.0, ("ok",)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- compute
+
+
+def measure_matmul(device: torch.device, size: int = 2048, threads: int | None = None, trials: int = 5) -> float:
+    """GFLOP/s of a ``size x size`` float32 matmul on ``device`` (best of ``trials``), with ``threads`` CPU threads."""
+    with _torch_threads(threads):
+        a = torch.randn(size, size, device=device)
+        b = torch.randn(size, size, device=device)
+        sync = _sync_for(device)
+        a @ b
+        reps = 2 if device.type == "cpu" else 20
+        dt = _best_wall(lambda: a @ b, reps, trials, sync)
+    return 2.0 * size**3 / dt / 1e9
+
+
+def measure_model(
+    bundle: ModelBundle,
+    device: torch.device,
+    batch_sizes: Sequence[int] = (1, 4, 16, 32, 64, 128, 256),
+    modes: Sequence[str] = ("none", "fold", "trace"),
+    threads: int | None = None,
+    min_rows: int = 256,
+    trials: int = 5,
+) -> dict[str, Any]:
+    """Per batch size and inference variant: µs per window and GFLOP/s (``count_flops`` x windows / s).
+
+    Variants are timed interleaved (each trial runs every variant once), so a load change hits all alike.
+
+    Returns:
+        ``{"mflops_per_window", "threads", "variants": {mode: {...}}, "sweep": [{"batch", "<mode>_us",
+        "<mode>_gflops"}...], "best": {"mode", "batch", "us_per_window", "gflops", "windows_per_s"}}``.
+    """
+    T = bundle.config.window_samples
+    flops = count_flops(bundle.build(), T)
+    sync = _sync_for(device)
+    with _torch_threads(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = {m: optimize_model(bundle.build(), T, device, m) for m in modes}
+        gen = torch.Generator().manual_seed(0)
+        sweep: list[dict[str, Any]] = []
+        best: dict[str, Any] = {"gflops": 0.0}
+        with torch.inference_mode():
+            for b in batch_sizes:
+                x = (torch.randn(b, T, generator=gen) * 50.0).to(device)
+                reps = max(1, min_rows // b)
+                for opt in built.values():
+                    for _ in range(2):
+                        opt.module(x)
+                times = {m: math.inf for m in built}
+                for _ in range(trials):
+                    for m, opt in built.items():
+                        times[m] = min(times[m], _best_wall(lambda o=opt, x=x: o.module(x), reps, 1, sync))
+                row: dict[str, Any] = {"batch": b}
+                for m, dt in times.items():
+                    gf = flops * b / dt / 1e9
+                    row[f"{m}_us"] = round(dt / b * 1e6, 1)
+                    row[f"{m}_gflops"] = round(gf, 1)
+                    if gf > best["gflops"]:
+                        best = {"mode": built[m].mode, "batch": b, "us_per_window": dt / b * 1e6, "gflops": gf,
+                                "windows_per_s": b / dt}
+                sweep.append(row)
+    return {
+        "mflops_per_window": flops / 1e6,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "variants": {m: {"mode": o.mode, "max_abs_diff": o.max_abs_diff, "note": o.note} for m, o in built.items()},
+        "sweep": sweep,
+        "best": best,
+    }
+
+
+def pick_max_batch(sweep: Sequence[dict[str, Any]], mode: str, within: float = 0.05) -> int:
+    """The smallest swept batch size whose per-window time is within ``within`` of the best (for ``mode``)."""
+    key = f"{mode}_us"
+    rows = [r for r in sweep if key in r]
+    if not rows:
+        return 64
+    best = min(r[key] for r in rows)
+    return int(min(r["batch"] for r in rows if r[key] <= best * (1.0 + within)))
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+async def _engine_burst(engine: InferenceEngine, windows: Sequence[Window]) -> float:
+    """Submit ``windows`` at once and wait for all results; seconds from the first submit to the last result."""
+    t0 = time.perf_counter()
+    for w in windows:
+        engine.submit_nowait(w)
+    await engine.drain()
+    return time.perf_counter() - t0
+
+
+async def measure_batching(
+    bundle: ModelBundle,
+    engine_settings: EngineSettings,
+    templates: np.ndarray,
+    burst_sizes: Sequence[int] = (1, 16, 64, 256, 512),
+    backlog: int = 1024,
+    single_windows: int = 128,
+    trials: int = 3,
+) -> dict[str, Any]:
+    """The engine against one forward call per window, on the same windows.
+
+    ``single`` is the peers' way: the model as built (``bundle.build()``), one ``softmax(model(x[None]))`` per
+    window. ``single_optimized`` is the same loop with the engine's own optimised module, so the report can tell
+    the gain of batching (``batching_gain``) from the gain of the optimised module.
+
+    Returns:
+        ``windows_per_s_batched`` (engine, backlog of ``backlog`` windows), ``windows_per_s_single``,
+        ``windows_per_s_single_optimized``, ``batched_vs_single``, ``batching_gain`` and ``by_streams``: for a
+        burst of N windows (what N streams produce per hop when their windows fall due together), the engine's
+        time against N single calls.
+    """
+    T = bundle.config.window_samples
+    windows = _windows(templates, max(backlog, *burst_sizes), T)
+    results: list[int] = []
+    engine = InferenceEngine(bundle, replace(engine_settings, queue_size=max(4096, len(windows) + 1)),
+                             on_result=lambda w, p: results.append(1))
+    plain = bundle.build().to(engine.device).eval()
+    fast = engine.model
+    device = engine.device
+    sync = _sync_for(device)
+
+    def single(module: torch.nn.Module, ws: Sequence[Window]) -> None:
+        with torch.inference_mode():
+            for w in ws:
+                x = torch.from_numpy(w.data).to(device)
+                torch.softmax(module(x), dim=-1).cpu().numpy()
+
+    async with engine:
+        await _engine_burst(engine, windows[:64])  # warm
+        t_backlog = min([await _engine_burst(engine, windows[:backlog]) for _ in range(trials)])
+        sample = windows[:single_windows]
+        single(plain, sample[:4])
+        single(fast, sample[:4])
+        t_single = _best_wall(lambda: single(plain, sample), 1, trials, sync) / len(sample)
+        t_single_fast = _best_wall(lambda: single(fast, sample), 1, trials, sync) / len(sample)
+        by_streams: dict[str, dict[str, float]] = {}
+        for n in burst_sizes:
+            burst = windows[:n]
+            t_eng = min([await _engine_burst(engine, burst) for _ in range(trials)])
+            single_ws = burst[: min(n, single_windows)]
+            t_one = _best_wall(lambda s=single_ws: single(plain, s), 1, trials, sync) / len(single_ws)  # type: ignore[misc]
+            by_streams[str(n)] = {
+                "engine_ms": round(t_eng * 1e3, 3),
+                "single_ms": round(t_one * n * 1e3, 3),
+                "batched_vs_single": round(t_one * n / t_eng, 2),
+                "batching_gain": round(t_single_fast * n / t_eng, 2),
+            }
+    return {
+        "max_batch": engine.settings.max_batch,
+        "variant": engine.optimized.mode,
+        "windows_per_s_batched": backlog / t_backlog,
+        "windows_per_s_single": 1.0 / t_single,
+        "windows_per_s_single_optimized": 1.0 / t_single_fast,
+        "batched_vs_single": (backlog / t_backlog) * t_single,
+        "batching_gain": (backlog / t_backlog) * t_single_fast,
+        "by_streams": by_streams,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- ingest, memory
+
+
+def measure_ingest(
+    bundle: ModelBundle, templates: np.ndarray, fs: float = 8000.0, chunk_ms: float = 10.0, seconds: float = 20.0
+) -> dict[str, Any]:
+    """CPU µs per chunk of :meth:`StreamState.ingest` (ring buffers, filters, resampling, window cuts + quality).
+
+    One single-channel stream at ``fs`` fed ``seconds`` of ``chunk_ms`` chunks (thread CPU time, best of 3).
+    Windows are cut (and their quality assessed) as in the pipeline; inference is not included.
+    """
+    chunk = max(1, round(chunk_ms * fs / 1000.0))
+    data = templates[0]
+    if fs != 8000.0:
+        data = make_templates(1, fs, 4.0, chunk)[0]
+    per = data.shape[0] // chunk
+    n = max(1, round(seconds * fs / chunk))
+    ts = np.arange(n * chunk, dtype=np.float64) / fs
+    chunks = [Chunk("s", data[(k % per) * chunk : (k % per + 1) * chunk], ts[k * chunk : (k + 1) * chunk], k)
+              for k in range(n)]
+    info = StreamInfo("s", "s", fs, ("ch1",))
+    best = math.inf
+    windows = 0
+    for _ in range(3):
+        state = StreamState(info, None, bundle, PipelineSettings(), monotonic)
+        t0 = time.thread_time()
+        windows = 0
+        for c in chunks:
+            windows += len(state.ingest(c, 0.0))
+        best = min(best, time.thread_time() - t0)
+    return {"us_per_chunk": best / n * 1e6, "chunk_samples": chunk, "fs": fs, "chunks": n, "windows": windows}
+
+
+def measure_rss_per_stream(bundle: ModelBundle, templates: np.ndarray, n_streams: int = 512,
+                           fs: float = 8000.0, seconds: float = 2.5) -> dict[str, Any]:
+    """Resident memory added per stream: ``n_streams`` StreamStates, each fed ``seconds`` of 10 ms chunks
+    (so every buffer page is touched and windows are cut) and given results for its windows (latency history,
+    rolling estimate), as in a running pipeline. ``(VmRSS after - VmRSS before) / n_streams`` in MiB."""
+    chunk = round(0.01 * fs)
+    per = templates.shape[1] // chunk
+    k_chunks = round(seconds * fs / chunk)
+    ts = np.arange(k_chunks * chunk, dtype=np.float64) / fs
+    probs = np.full((1, bundle.config.n_classes), 1.0 / bundle.config.n_classes, dtype=np.float32)
+    gc.collect()
+    before = read_rss_mb()
+    states = []
+    for i in range(n_streams):
+        info = StreamInfo(f"m{i}", f"m{i}", fs, ("ch1",))
+        st = StreamState(info, None, bundle, PipelineSettings(), monotonic)
+        tpl = templates[i % templates.shape[0]]
+        for k in range(k_chunks):
+            j = (k % per) * chunk
+            for w in st.ingest(Chunk(info.stream_id, tpl[j : j + chunk], ts[k * chunk : (k + 1) * chunk], k), 0.0):
+                st.on_result(w, probs, 0.0)
+        for _ in range(st.latencies.maxlen or 0):
+            st.latencies.append(1.0)
+        states.append(st)
+    gc.collect()
+    after = read_rss_mb()
+    del states
+    return {"streams": n_streams, "rss_mb_before": before, "rss_mb_after": after,
+            "mb_per_stream": (after - before) / n_streams}
+
+
+# ---------------------------------------------------------------------------------------------- real time
+
+
 @dataclass
 class SourceStats:
+    """What :class:`BenchSource` observed: ticks emitted, each tick's lateness (s) and CPU/wall marks."""
+
     ticks: int = 0
     lateness: list[float] = field(default_factory=list)
     marks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 class BenchSource(GeneratorSource):
-    """``n_streams`` real-time single-channel streams produced by one task from pre-generated chunks."""
+    """``n_streams`` real-time single-channel streams produced by one task from pre-generated chunks.
+
+    Every ``chunk`` samples (10 ms at 8 kHz) the task wakes at an absolute deadline ``t0 + (k + 1) * period`` and
+    yields one Chunk per stream: a view into a pre-generated template (no copy, no synthesis on the hot path), the
+    shared absolute timestamps of tick ``k`` on the pipeline clock, and sequence number ``k``. A late wake-up
+    emits the tick at once and records the lateness (a device's transport buffers would deliver the same way), so
+    a loop that cannot keep up shows as growing lateness and latency, never as lost data.
+
+    With ``spread``, stream ``i`` starts ``i / n_streams`` of a hop later than stream 0, as independently started
+    devices do, so the streams' windows fall due evenly over each hop; without it every window of a hop falls
+    due in the same tick (the worst burst).
+
+    Args:
+        n_streams: streams to produce; templates: ``(n_tpl, L, 1)`` float32 µV (L a multiple of ``chunk``).
+        fs: rate (Hz); chunk: samples per chunk; duration_s: seconds to run; warmup_s: when ``marks["start"]``
+            is taken (CPU and wall time) for the measured segment.
+        hop_samples: the hop at the stream's rate (for ``spread``); clock: the pipeline's clock.
+    """
 
     def __init__(
         self,
         n_streams: int,
         templates: np.ndarray,
         fs: float,
-        chunk_samples: int,
+        chunk: int,
         duration_s: float,
         warmup_s: float,
+        hop_samples: int,
+        spread: bool = True,
         clock: Clock = monotonic,
         prefix: str = "bench",
     ) -> None:
-        super().__init__(f"bench:{n_streams}", realtime=True)
-        self.n_streams = n_streams
+        super().__init__(f"bench:{n_streams}?fs={fs:g}", realtime=True)
+        if templates.ndim != 3 or templates.shape[1] % chunk or templates.shape[2] != 1:
+            raise ConfigError("BenchSource templates must be (n, L, 1) with L a whole number of chunks")
+        self.n_streams = int(n_streams)
         self.templates = templates
-        self.fs = fs
-        self.chunk = chunk_samples
-        self.n_ticks = max(1, round(duration_s * fs / chunk_samples))
-        self.warm_tick = min(self.n_ticks - 1, round(warmup_s * fs / chunk_samples))
+        self.fs = float(fs)
+        self.chunk = int(chunk)
+        self.n_ticks = max(1, round(duration_s * fs / chunk))
+        self.warm_tick = min(self.n_ticks - 1, round(warmup_s * fs / chunk))
+        hop_ticks = max(1, round(hop_samples / chunk))
+        self.starts = [(i * hop_ticks) // self.n_streams if spread else 0 for i in range(self.n_streams)]
         self.clock = clock
         self.prefix = prefix
         self.stats = SourceStats()
         self.t0 = 0.0
+
+    def chunks_of(self, i: int) -> int:
+        """Chunks stream ``i`` emits in a full run."""
+        return self.n_ticks - self.starts[i]
 
     def _mark(self, name: str) -> None:
         self.stats.marks[name] = (self.clock(), time.process_time(), time.thread_time())
@@ -88,100 +532,478 @@ class BenchSource(GeneratorSource):
         n_tpl = tpl.shape[0]
         per_tpl = tpl.shape[1] // c
         offsets = [(i * 7919) % per_tpl for i in range(n)]
+        sources = [tpl[i % n_tpl] for i in range(n)]
+        starts = self.starts
+        by_start: dict[int, list[int]] = {}
+        for i, s in enumerate(starts):
+            by_start.setdefault(s, []).append(i)
+        active: list[int] = []
         self.t0 = t0 = self.clock() + 0.05
         ts = t0 + np.arange((self.n_ticks + 1) * c, dtype=np.float64) / fs
         period = c / fs
         stats = self.stats
         for k in range(self.n_ticks):
-            deadline = t0 + (k + 1) * period
+            deadline = t0 + (k + 1) * period  # the tick's last sample is due now
             now = self.clock()
             if now < deadline:
                 await asyncio.sleep(deadline - now)
                 now = self.clock()
+            else:
+                await asyncio.sleep(0)  # late: still give the loop a turn each tick, as a device source would
             stats.lateness.append(now - deadline)
             if k == self.warm_tick:
                 self._mark("start")
+            if k in by_start:
+                active.extend(by_start[k])
             tsk = ts[k * c : (k + 1) * c]
-            for i in range(n):
-                j = ((k + offsets[i]) % per_tpl) * c
-                yield Chunk(ids[i], tpl[i % n_tpl, j : j + c], tsk, k)
+            for i in active:
+                seq = k - starts[i]
+                j = ((seq + offsets[i]) % per_tpl) * c
+                yield Chunk(ids[i], sources[i][j : j + c], tsk, seq)
             stats.ticks = k + 1
         self._mark("end")
+
+
+@dataclass
+class RealtimeResult:
+    """One real-time run of the whole pipeline (see :func:`run_realtime`); ``as_dict`` for the report."""
+
+    streams: int
+    keeps_up: bool
+    windows: int
+    windows_expected: int
+    latency_ms_p50: float
+    latency_ms_p99: float
+    latency_ms_max: float
+    pipeline_latency_ms_p99: float
+    lateness_ms_max: float
+    lateness_ms_end: float
+    cpu: float
+    loop_cpu: float
+    batch_mean: float
+    batch_max: int
+    engine_busy: float
+    dropped_windows: int
+    max_batch: int
+    max_wait_ms: float
+    threads: int
+    rss_mb: float
+    load: float
+    reason: str = ""
+    dashboard: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            out[k] = round(v, 3) if isinstance(v, float) and math.isfinite(v) else v
+        return out
 
 
 async def run_realtime(
     bundle: ModelBundle,
     n_streams: int,
-    duration_s: float = 8.0,
+    engine_settings: EngineSettings,
+    templates: np.ndarray,
+    duration_s: float = 10.0,
     warmup_s: float = 2.0,
-    engine_settings: EngineSettings | None = None,
     fs: float = 8000.0,
     chunk_ms: float = 10.0,
-    templates: np.ndarray | None = None,
-) -> dict[str, Any]:
-    chunk = round(chunk_ms * fs / 1000.0)
-    if templates is None:
-        templates = make_templates(8, fs, 4.0, chunk)
+    spread: bool = True,
+    p99_limit_ms: float = TARGET_P99_MS,
+    measure_dashboard: bool = False,
+) -> RealtimeResult:
+    """Run the whole pipeline on ``n_streams`` real-time streams for ``duration_s``; measure latency and CPU.
+
+    The run keeps up when no window was dropped, every window got its estimate, the source was less than
+    ``p99_limit_ms`` late over its last second (no backlog) and the p99 latency (due time of a window's last
+    sample -> estimate published) is below ``p99_limit_ms``. CPU use is process CPU time / wall time over the
+    measured segment (after ``warmup_s``), in cores; ``loop_cpu`` the event-loop thread's share.
+    """
+    chunk = max(1, round(chunk_ms * fs / 1000.0))
     clock = monotonic
-    src = BenchSource(n_streams, templates, fs, chunk, duration_s, warmup_s, clock)
-    lat_deadline: list[float] = []
+    hop_native = round(bundle.config.hop_samples * fs / bundle.config.fs)
+    src = BenchSource(n_streams, templates, fs, chunk, duration_s, warmup_s, hop_native, spread, clock)
+    inv_fs = 1.0 / fs
+    lat_due: list[float] = []
     lat_pipe: list[float] = []
-    pub_t: list[float] = []
-    settings_e = engine_settings or EngineSettings(device="cpu", threads=int(os.environ.get("BT", "1")))
+    published: list[float] = []
 
-    def on_est(est: Estimate) -> None:
+    def on_estimate(est: Estimate) -> None:
         now = clock()
-        lat_deadline.append(now - (est.time + 1.0 / fs))
-        lat_pipe.append(est.latency_ms / 1000.0)
-        pub_t.append(now)
+        lat_due.append(now - (est.time + inv_fs))  # est.time: the last sample's timestamp (no resampling delay)
+        lat_pipe.append(est.latency_ms)
+        published.append(now)
 
-    pipe = Pipeline([src], [], bundle=bundle, settings=PipelineSettings(), engine_settings=settings_e, on_estimate=on_est)
-    rss0 = read_rss_mb()
+    pipe = Pipeline([src], [], bundle=bundle, settings=PipelineSettings(), engine_settings=engine_settings,
+                    on_estimate=on_estimate)
+    gc.collect()
     await pipe.run()
-    start = src.stats.marks.get("start")
-    end = src.stats.marks.get("end")
-    pub = np.array(pub_t)
-    ld = np.array(lat_deadline) * 1000
-    lp = np.array(lat_pipe) * 1000
-    sel = pub >= (start[0] if start else 0)
-    lateness = np.array(src.stats.lateness)
-    w = end[0] - start[0] if start and end else math.nan
-    ws = (src.n_ticks * chunk - bundle.config.window_samples) // bundle.config.hop_samples + 1
-    st = pipe.engine.stats if pipe.engine else None
+    start, end = src.stats.marks.get("start"), src.stats.marks.get("end")
+    pub = np.asarray(published)
+    due = np.asarray(lat_due) * 1000.0
+    own = np.asarray(lat_pipe)
+    sel = pub >= start[0] if start else np.ones(pub.shape, dtype=bool)
+    late = np.asarray(src.stats.lateness) * 1000.0
+    wall = (end[0] - start[0]) if start and end else math.nan
+    per_stream = [max(0, (src.chunks_of(i) * chunk - bundle.config.window_samples) // hop_native + 1)
+                  for i in range(n_streams)]
+    expected = int(sum(per_stream))
+    stats = pipe.engine.stats if pipe.engine is not None else None
+    tail = late[-max(1, round(1.0 * fs / chunk)) :]
+    p50 = float(np.percentile(due[sel], 50)) if sel.any() else math.nan
+    p99 = float(np.percentile(due[sel], 99)) if sel.any() else math.nan
+    dropped = int(sum(s.dropped_windows for s in pipe.streams.values()))
+    reasons = []
+    if dropped:
+        reasons.append(f"{dropped} windows dropped")
+    if len(pub) < expected:
+        reasons.append(f"{expected - len(pub)} windows without an estimate")
+    if float(tail.max()) >= p99_limit_ms:
+        reasons.append(f"source {float(tail.max()):.0f} ms late at the end (backlog)")
+    if not p99 < p99_limit_ms:
+        reasons.append(f"p99 latency {p99:.1f} ms >= {p99_limit_ms:g} ms")
+    dash = None
+    if measure_dashboard:
+        dash = measure_dashboard_cost(pipe)
+    threads = engine_settings.threads if engine_settings.threads is not None else torch.get_num_threads()
+    return RealtimeResult(
+        streams=n_streams,
+        keeps_up=not reasons,
+        windows=len(pub),
+        windows_expected=expected,
+        latency_ms_p50=p50,
+        latency_ms_p99=p99,
+        latency_ms_max=float(due[sel].max()) if sel.any() else math.nan,
+        pipeline_latency_ms_p99=float(np.percentile(own[sel], 99)) if sel.any() else math.nan,
+        lateness_ms_max=float(late.max()) if late.size else math.nan,
+        lateness_ms_end=float(tail.max()) if tail.size else math.nan,
+        cpu=(end[1] - start[1]) / wall if start and end else math.nan,
+        loop_cpu=(end[2] - start[2]) / wall if start and end else math.nan,
+        batch_mean=float(stats.batch_mean) if stats else 0.0,
+        batch_max=int(stats.batch_max) if stats else 0,
+        engine_busy=float(stats.busy_s) / duration_s if stats else 0.0,
+        dropped_windows=dropped,
+        max_batch=engine_settings.max_batch,
+        max_wait_ms=engine_settings.max_wait_ms,
+        threads=int(threads),
+        rss_mb=read_rss_mb(),
+        load=_load(),
+        reason="; ".join(reasons),
+        dashboard=dash,
+    )
+
+
+def measure_dashboard_cost(pipe: Pipeline, frames: int = 20, width: int = 160, height: int = 50) -> dict[str, Any]:
+    """CPU ms per dashboard frame (snapshot + render + terminal output into memory) for ``pipe``'s streams."""
+    try:
+        from rich.console import Console
+
+        from .dashboard import DashboardRenderer
+    except Exception as exc:  # the dashboard is optional for the benchmark
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
+    console = Console(file=io.StringIO(), width=width, height=height, force_terminal=True, color_system="truecolor")
+    renderer = DashboardRenderer()
+    snap_s, total_s = math.inf, math.inf
+    for page in range(frames):
+        t0 = time.thread_time()
+        snap = pipe.snapshot()
+        t1 = time.thread_time()
+        console.print(renderer.render(snap, width=width, height=height, page=page))
+        t2 = time.thread_time()
+        console.file = io.StringIO()
+        snap_s, total_s = min(snap_s, t1 - t0), min(total_s, t2 - t0)
     return {
-        "streams": n_streams,
-        "windows": int(len(pub)),
-        "windows_expected": int(n_streams * ws),
-        "latency_ms_p50": float(np.percentile(ld[sel], 50)) if sel.any() else math.nan,
-        "latency_ms_p99": float(np.percentile(ld[sel], 99)) if sel.any() else math.nan,
-        "latency_ms_max": float(ld[sel].max()) if sel.any() else math.nan,
-        "pipeline_latency_ms_p99": float(np.percentile(lp[sel], 99)) if sel.any() else math.nan,
-        "lateness_ms_max": float(lateness.max() * 1000),
-        "lateness_ms_end": float(lateness[-50:].mean() * 1000),
-        "cpu": (end[1] - start[1]) / w if start and end else math.nan,
-        "loop_cpu": (end[2] - start[2]) / w if start and end else math.nan,
-        "batch_mean": st.batch_mean if st else 0,
-        "busy": st.busy_s if st else 0,
-        "dropped": st.dropped if st else 0,
-        "rss_mb": read_rss_mb(),
-        "rss0": rss0,
-        "load": os.getloadavg()[0],
+        "streams": len(pipe.streams),
+        "snapshot_ms": round(snap_s * 1e3, 3),
+        "frame_ms": round(total_s * 1e3, 3),
+        "cpu_at_4hz": round(total_s * 4.0, 4),
+        "terminal": f"{width}x{height}",
     }
 
 
-def _main() -> None:
-    import json
-    import sys
+async def search_capacity(
+    run: Callable[[int], Any],
+    known: dict[int, bool],
+    limit: int,
+    step: int,
+) -> tuple[int, list[int]]:
+    """Largest stream count that keeps up: doubles past the largest passing count, then bisects to ``step``.
 
-    from .model import load_bundle
+    Args:
+        run: ``async run(n) -> bool`` (keeps up at n streams).
+        known: results already measured (stream count -> keeps up), e.g. from the scaling curve.
+        limit: never try more streams than this.
+        step: stop bisecting when the gap is at most this many streams.
 
-    b = load_bundle(None)
-    for n in [int(a) for a in sys.argv[1:]]:
-        r = asyncio.run(run_realtime(b, n))
-        print(json.dumps(r), flush=True)
+    Returns:
+        ``(capacity, tried)``: 0 when even the smallest count fails; ``tried`` the counts run here, in order.
+    """
+    results = dict(known)
+    tried: list[int] = []
+
+    async def check(n: int) -> bool:
+        if n not in results:
+            results[n] = bool(await run(n))
+            tried.append(n)
+        return results[n]
+
+    passing = [n for n, ok in results.items() if ok]
+    lo = max(passing) if passing else 0
+    failing = [n for n, ok in results.items() if not ok and n > lo]
+    hi = min(failing) if failing else None
+    while hi is None:
+        nxt = min(limit, max(1, lo * 2))
+        if nxt <= lo:
+            return lo, tried
+        if await check(nxt):
+            lo = nxt
+        else:
+            hi = nxt
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        mid -= mid % step if mid - mid % step > lo else 0
+        if await check(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, tried
 
 
-if __name__ == "__main__":
-    _main()
+# ---------------------------------------------------------------------------------------------- transports
 
-_unused: Callable[..., Any] | None = None
+
+async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
+    try:
+        from .sources.lsl import measure_ingest_latency
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"
+    try:
+        return await measure_ingest_latency(n_chunks=150 if quick else 500)
+    except Exception as exc:  # report, never fail the benchmark
+        return f"unavailable: {type(exc).__name__}: {exc}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _find_mosquitto() -> str | None:
+    """The mosquitto broker executable, if installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+
+
+def _write_mosquitto_conf(folder: str, port: int) -> str:
+    """A loopback-only, anonymous, non-persistent mosquitto config in ``folder``; returns its path."""
+    conf = os.path.join(folder, "mosquitto.conf")
+    with open(conf, "w", encoding="ascii") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    return conf
+
+
+async def _mqtt_figures(quick: bool) -> dict[str, Any] | str:
+    try:
+        from .sources.mqtt import measure_ingest_throughput
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"
+    kw: dict[str, Any] = {"devices": 10, "messages_per_device": 300 if quick else 2000, "rounds": 1 if quick else 3}
+    try:
+        mosquitto = await asyncio.to_thread(_find_mosquitto)
+        if mosquitto is None:
+            result = await measure_ingest_throughput(None, **kw)  # an embedded broker
+            result["broker_kind"] = "embedded (amqtt)"
+            return result
+        port = _free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            conf = await asyncio.to_thread(_write_mosquitto_conf, tmp, port)
+            proc = await asyncio.create_subprocess_exec(
+                mosquitto, "-c", conf, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+            try:
+                for _ in range(100):  # wait for the listener (finite)
+                    try:
+                        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+                        writer.close()
+                        break
+                    except (OSError, TimeoutError):
+                        await asyncio.sleep(0.05)
+                result = await measure_ingest_throughput(f"mqtt://127.0.0.1:{port}", **kw)
+                result["broker_kind"] = "mosquitto"
+                return result
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5.0)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    except Exception as exc:  # report, never fail the benchmark
+        return f"unavailable: {type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+
+
+async def run_bench(
+    bundle: ModelBundle,
+    settings: BenchSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole suite and return the report (a JSON-serialisable dict; keys in ``docs/performance.md``)."""
+    s = settings or BenchSettings()
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    device = select_device(s.device)
+    report: dict[str, Any] = {
+        "quick": s.quick,
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": _load(),
+        "model": {"name": bundle.name, "trained": bundle.trained, "window_samples": bundle.config.window_samples,
+                  "hop_samples": bundle.config.hop_samples, "fs": bundle.config.fs},
+    }
+    base = EngineSettings(device=str(device), threads=s.threads)
+    engine_threads = s.threads or default_threads(device) or torch.get_num_threads()
+    all_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    report["engine_threads"] = engine_threads
+
+    say("matmul")
+    report["matmul_gflops"] = measure_matmul(device, threads=all_threads)
+    report["matmul_gflops_engine_threads"] = measure_matmul(device, threads=engine_threads)
+    report["matmul_threads"] = all_threads
+
+    say("model sweep")
+    quick_sizes = tuple(b for b in s.batch_sizes if b in (1, 16, 64, 128)) or s.batch_sizes
+    sizes = quick_sizes if s.quick else s.batch_sizes
+    modes = ("none", "trace") if s.quick else tuple(m for m in OPTIMIZE_MODES if m != "auto")
+    model = measure_model(bundle, device, sizes, modes, threads=engine_threads, trials=3 if s.quick else 5)
+    report["model_mflops_per_window"] = model["mflops_per_window"]
+    report["model_sweep"] = model["sweep"]
+    report["model_variants"] = model["variants"]
+    report["model_best"] = model["best"]
+    report["model_gflops"] = model["best"]["gflops"]
+    report["model_best_batch"] = model["best"]["batch"]
+    report["model_vs_matmul"] = model["best"]["gflops"] / report["matmul_gflops_engine_threads"]
+    if not s.quick and all_threads != engine_threads:
+        both = measure_model(bundle, device, (64, 128, 256), ("trace",), threads=all_threads, trials=3)
+        report["model_gflops_all_threads"] = both["best"]["gflops"]
+        report["model_sweep_all_threads"] = both["sweep"]
+    chosen_variant = auto_variant(device)
+    max_batch = s.max_batch or pick_max_batch(model["sweep"], chosen_variant)
+    report["chosen_max_batch"] = max_batch
+
+    say("templates")
+    chunk = max(1, round(s.chunk_ms * s.fs / 1000.0))
+    templates = make_templates(8, s.fs, 4.0, chunk)
+
+    say("batched vs single")
+    engine_settings = replace(base, max_batch=max_batch)
+    if s.max_wait_ms is not None:
+        engine_settings = replace(engine_settings, max_wait_ms=s.max_wait_ms)
+    bursts = tuple(n for n in s.stream_counts)
+    batching = await measure_batching(bundle, engine_settings, templates, bursts,
+                                      backlog=512 if s.quick else 1024, single_windows=64 if s.quick else 128,
+                                      trials=2 if s.quick else 3)
+    report.update({k: batching[k] for k in ("windows_per_s_batched", "windows_per_s_single",
+                                            "windows_per_s_single_optimized", "batched_vs_single", "batching_gain")})
+    report["batched_vs_single_by_streams"] = batching["by_streams"]
+
+    say("ingest")
+    ingest = measure_ingest(bundle, templates, s.fs, s.chunk_ms, seconds=8.0 if s.quick else 20.0)
+    report["ingest_us_per_chunk"] = ingest["us_per_chunk"]
+    report["ingest"] = ingest
+    if not s.quick:
+        report["ingest_10khz"] = measure_ingest(bundle, templates, 10000.0, s.chunk_ms, seconds=10.0)
+
+    say("memory")
+    rss = measure_rss_per_stream(bundle, templates, 128 if s.quick else 512, s.fs)
+    report["rss_mb_per_stream"] = rss["mb_per_stream"]
+    report["rss"] = rss
+
+    runs: dict[str, dict[str, Any]] = {}
+
+    async def realtime(n: int, es: EngineSettings, dashboard: bool = False, tag: str = "") -> RealtimeResult:
+        say(f"real time: {n} streams (max_batch {es.max_batch}, max_wait {es.max_wait_ms:g} ms){tag}")
+        r = await run_realtime(bundle, n, es, templates, s.run_s, s.warmup_s, s.fs, s.chunk_ms, s.spread,
+                               measure_dashboard=dashboard)
+        runs[f"{n}{tag}"] = r.as_dict()
+        say(f"  -> keeps up: {r.keeps_up}; p50 {r.latency_ms_p50:.1f} ms, p99 {r.latency_ms_p99:.1f} ms, "
+            f"cpu {r.cpu:.2f} cores {r.reason}")
+        return r
+
+    if not s.quick and s.max_wait_ms is None and s.waits_ms:
+        sweep = []
+        for w in s.waits_ms:
+            r = await realtime(s.sweep_streams, replace(engine_settings, max_wait_ms=w), tag=f" wait={w:g}")
+            sweep.append({"max_wait_ms": w, "keeps_up": r.keeps_up, "latency_ms_p50": r.latency_ms_p50,
+                          "latency_ms_p99": r.latency_ms_p99, "cpu": r.cpu, "batch_mean": r.batch_mean})
+        report["wait_sweep"] = sweep
+        ok = [row for row in sweep if row["keeps_up"]] or sweep
+        # lowest CPU among the settings whose p99 is within 20 % of the best p99: latency first, then cost
+        best_p99 = min(row["latency_ms_p99"] for row in ok)
+        near = [row for row in ok if row["latency_ms_p99"] <= best_p99 * 1.2 + 1.0]
+        engine_settings = replace(engine_settings, max_wait_ms=min(near, key=lambda row: row["cpu"])["max_wait_ms"])
+    report["chosen_max_wait_ms"] = engine_settings.max_wait_ms
+
+    say("scaling curve")
+    scaling: list[dict[str, Any]] = []
+    known: dict[int, bool] = {}
+    largest_dash = max((n for n in s.stream_counts if n <= 256), default=s.stream_counts[0])
+    for n in sorted(s.stream_counts):
+        if n > 256 and not known.get(256, True):
+            break  # 512 only "if reached"
+        r = await realtime(n, engine_settings, dashboard=s.dashboard and n == largest_dash)
+        known[n] = r.keeps_up
+        scaling.append({k: v for k, v in r.as_dict().items() if k != "dashboard"})
+        if r.dashboard is not None:
+            report["dashboard"] = r.dashboard
+    report["scaling"] = scaling
+    at64 = next((row for row in scaling if row["streams"] == 64), None)
+    report["latency_ms_p50"] = at64["latency_ms_p50"] if at64 else math.nan
+    report["latency_ms_p99"] = at64["latency_ms_p99"] if at64 else math.nan
+
+    say("capacity")
+    if s.quick:
+        passing = [n for n, ok in known.items() if ok]
+        report["capacity_streams"] = max(passing) if passing else 0
+        report["capacity_note"] = "quick: the largest scaling-curve count that kept up (no search)"
+    else:
+        async def keeps_up(n: int) -> bool:
+            return (await realtime(n, engine_settings)).keeps_up
+
+        cap, tried = await search_capacity(keeps_up, known, s.capacity_limit, s.capacity_step)
+        report["capacity_streams"] = cap
+        report["capacity_tried"] = tried
+    report["realtime_runs"] = runs
+
+    if s.lsl:
+        say("LSL ingest")
+        report["lsl"] = await _lsl_figures(s.quick)
+    if s.mqtt:
+        say("MQTT ingest")
+        report["mqtt"] = await _mqtt_figures(s.quick)
+
+    report["targets"] = {
+        "capacity_streams>=256": report["capacity_streams"] >= TARGET_CAPACITY,
+        "latency_ms_p99@64<=50": bool(report["latency_ms_p99"] <= TARGET_P99_MS),
+        "rss_mb_per_stream<=2": bool(report["rss_mb_per_stream"] <= TARGET_RSS_MB),
+        "batched_vs_single>1": bool(report["batched_vs_single"] > 1.0),
+        "batched_vs_single>1_at_every_stream_count": all(
+            row["batched_vs_single"] > 1.0 for row in report["batched_vs_single_by_streams"].values()
+        ),
+    }
+    report["load_avg_end"] = _load()
+    report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    return report
+
+
+def auto_variant(device: torch.device) -> str:
+    """The variant ``optimize="auto"`` picks on ``device`` (the sweep's column used to choose max_batch)."""
+    return "fold" if device.type == "cuda" else "trace"

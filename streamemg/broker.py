@@ -72,6 +72,9 @@ class EmbeddedBroker:
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         broker = Broker(config)
+        amqtt_log = logging.getLogger("amqtt.broker")
+        level = amqtt_log.level
+        amqtt_log.setLevel(logging.CRITICAL)  # amqtt logs a traceback for a busy port; our error says it better
         try:
             await broker.start()
         except Exception as exc:  # amqtt wraps bind errors (port in use, bad address) in its own BrokerError
@@ -79,6 +82,8 @@ class EmbeddedBroker:
                 f"could not start the embedded MQTT broker on {self.host}:{self.port}: {exc}. "
                 "Is the port already in use? Try another --port (or 0 for any free port)."
             ) from exc
+        finally:
+            amqtt_log.setLevel(level)
         self._broker = broker
         self.port = _bound_port(broker, self.port)
         log.info("embedded MQTT broker listening on %s", self.url)

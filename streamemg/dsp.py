@@ -425,6 +425,19 @@ class Resampler:
         last = n * self.up - 1 - self._j
         return 0 if last < 0 else last // self.down + 1
 
+    def input_needed(self, m: int) -> int:
+        """Fewest input samples after which :meth:`process` will have returned at least ``m`` more samples.
+
+        The inverse of :meth:`output_length` (0 for ``m <= 0``): ``output_length(input_needed(m)) >= m`` and
+        ``output_length(input_needed(m) - 1) < m``. Lets a caller queue input until an output sample is due.
+        """
+        if m <= 0:
+            return 0
+        if self.identity:
+            return m
+        # output_length(n) >= m  <=>  n * up - 1 - j >= (m - 1) * down  (j >= 0 is the next output's offset)
+        return -(-((m - 1) * self.down + 1 + self._j) // self.up)
+
     def reset(self) -> None:
         """Forget the history; the next sample is treated as the start of the stream."""
         self._ext[:] = 0.0

@@ -27,8 +27,10 @@ import collections
 import concurrent.futures
 import logging
 import math
+import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,6 +53,7 @@ __all__ = [
     "InferenceEngine",
     "OptimizedModel",
     "cuda_graph_capture",
+    "default_threads",
     "graph_buckets",
     "optimize_model",
     "select_device",
@@ -72,7 +75,11 @@ class EngineSettings:
         max_batch: most rows (window channels) per forward call.
         max_wait_ms: longest time (ms) the oldest queued window waits for company before its batch runs.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        threads: torch intra-op threads (process wide); None leaves torch's default.
+        threads: torch intra-op threads (process wide). None: on a CPU all cores this process may use but one,
+            at least 1 (:func:`default_threads`): the event loop (ingest, DSP, estimates) needs a core of its own,
+            and on 2 cores an inference pool spanning both made every batch wait for the loop's core
+            (docs/performance.md: p99 at 64 streams 4.7 s with 2 threads against 46 ms with 1). On CUDA, None
+            leaves torch's default.
         queue_size: most windows waiting; ``submit_nowait`` drops (and counts) beyond it, ``submit`` waits.
         timeout_s: longest one forward call may take before its windows are given up (device hung).
         warmup: run one forward at the largest batch size on entry, so the first real batch is not slow.
@@ -150,6 +157,18 @@ def select_device(
             "use --device cpu (or --device auto to take a GPU only when there is one)"
         )
     return torch.device(requested)
+
+
+def default_threads(device: torch.device) -> int | None:
+    """The engine's thread count when ``EngineSettings.threads`` is None: on a CPU, the cores this process may
+    run on minus one for the event loop (at least 1); None (torch's default) on other devices."""
+    if device.type != "cpu":
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 # ---------------------------------------------------------------------------------------------- inference model
@@ -476,8 +495,14 @@ class InferenceEngine:
             ``(C, K)`` softmax probabilities, one row per channel (all NaN if the device failed on this window).
         clock: monotonic seconds, for :attr:`EngineStats.busy_s`.
         model: optional module to run instead of ``bundle.build()`` (``(B, T) -> (B, K)`` logits), e.g. a
-            compiled or exported variant; it is moved to the engine's device.
+            compiled or exported variant; it is moved to the engine's device and run as given (no ``optimize``).
         cuda_available: injectable CUDA probe (tests).
+        graph_capture: injectable graph capture for :class:`GraphRunner` (tests exercise the graph bookkeeping on a
+            CPU with a stand-in); by default graphs are captured only on CUDA with ``settings.cuda_graphs``.
+
+    Attributes:
+        optimized: how the model was prepared (:class:`OptimizedModel`: mode, check difference, note).
+        graphs: the CUDA-graph runner in use, or None (CPU, disabled, or slower than eager at warm-up).
     """
 
     def __init__(
@@ -489,17 +514,32 @@ class InferenceEngine:
         *,
         model: nn.Module | None = None,
         cuda_available: Callable[[], bool] = torch.cuda.is_available,
+        graph_capture: GraphCapture | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings = settings or EngineSettings()
         self.on_result = on_result or (lambda window, probs: None)
         self.clock = clock
         self.device = select_device(settings.device, cuda_available)
-        if settings.threads is not None:
-            torch.set_num_threads(settings.threads)
+        threads = settings.threads if settings.threads is not None else default_threads(self.device)
+        if threads is not None and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         self.window_samples = bundle.config.window_samples
         self.n_classes = bundle.config.n_classes
-        self.model: nn.Module = (model if model is not None else bundle.build()).to(self.device).eval()
+        self._own_model = model is None  # built here: may be optimised, and rebuilt for the CPU on a fall-back
+        if model is None:
+            self.optimized = optimize_model(bundle.build(), self.window_samples, self.device, settings.optimize)
+        else:
+            given = model.to(self.device).eval()
+            self.optimized = OptimizedModel(given, "none", 0.0, "module given by the caller: run as given")
+        self.model: nn.Module = self.optimized.module
+        self.graphs: GraphRunner | None = None
+        self._graphs_checked = graph_capture is not None  # an injected capture is used without timing it
+        if graph_capture is not None:
+            self.graphs = GraphRunner(graph_capture, graph_buckets(settings.max_batch))
+        elif self.device.type == "cuda" and settings.cuda_graphs:
+            capture = cuda_graph_capture(self.model, self.window_samples, self.device)
+            self.graphs = GraphRunner(capture, graph_buckets(settings.max_batch))
         self.stats = EngineStats()
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
@@ -528,11 +568,8 @@ class InferenceEngine:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamemg-infer")
         if self.settings.warmup:
             loop = asyncio.get_running_loop()
-            zeros = np.zeros((self.settings.max_batch, self.window_samples), dtype=np.float32)
             try:
-                await asyncio.wait_for(
-                    loop.run_in_executor(self._executor, self._run_batch, [zeros]), self.settings.timeout_s
-                )
+                await asyncio.wait_for(loop.run_in_executor(self._executor, self._warm_up), self.settings.timeout_s)
             except TimeoutError:
                 self.stats.errors += 1
                 log.warning("engine warm-up on %s took longer than %.1f s", self.device, self.settings.timeout_s)
@@ -713,6 +750,22 @@ class InferenceEngine:
         self._staging = self._make_staging(self.settings.max_batch)
 
     # ------------------------------------------------------------------ inference thread
+    def _warm_up(self) -> None:
+        """Inference thread: run the largest and the smallest batch once (lazy initialisation, traced-graph
+        specialisation), and on CUDA keep the graphs only if a replay beats the eager call."""
+        zeros = np.zeros((self.settings.max_batch, self.window_samples), dtype=np.float32)
+        for rows in dict.fromkeys((self.settings.max_batch, 1)):
+            self._run_batch([zeros[:rows]])
+        if self.graphs is not None and not self._graphs_checked and self.device.type == "cuda":
+            self._graphs_checked = True
+            x = self._staging[: self.settings.max_batch]
+            x.zero_()
+            eager_s = _best_time(lambda: self._forward_eager(x), self.device)
+            graph_s = _best_time(lambda: self._forward(x), self.device)
+            if not graph_s < eager_s:
+                log.info("CUDA graphs (%.2f ms) not faster than eager (%.2f ms): off", graph_s * 1e3, eager_s * 1e3)
+                self.graphs = None
+
     def _run_batch(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Inference thread: stage ``arrays`` (each (C_i, T)) into one (B, T) block and classify it."""
         rows = sum(a.shape[0] for a in arrays)
@@ -725,7 +778,16 @@ class InferenceEngine:
         return self._forward_robust(staging[:rows])
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
-        """(B, T) host tensor -> (B, K) float32 probabilities, on the current device."""
+        """(B, T) host tensor -> (B, K) float32 probabilities, on the current device (graph replay if any)."""
+        graphs = self.graphs
+        if graphs is not None:
+            with torch.inference_mode():
+                out = graphs.run(x)
+            if out is not None:
+                return out.cpu().numpy()  # synchronises with the replay
+        return self._forward_eager(x)
+
+    def _forward_eager(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             xd = x.to(self.device, non_blocking=True) if self.device.type != "cpu" else x
             out = torch.softmax(self.model(xd).float(), dim=-1)
@@ -760,7 +822,14 @@ class InferenceEngine:
         log.error("inference on %s keeps failing (%r); moving the model to the CPU", self.device, exc)
         with self._lock:
             old = self.device
-            self.model = self.model.to("cpu")
+            self.graphs = None
+            if self._own_model and old.type != "cpu":  # a traced/frozen module keeps its device: rebuild it
+                self.optimized = optimize_model(
+                    self.bundle.build(), self.window_samples, torch.device("cpu"), self.settings.optimize
+                )
+                self.model = self.optimized.module
+            else:
+                self.model = self.model.to("cpu")
             self.device = torch.device("cpu")
             self.stats.fallbacks += 1
             _empty_cache(old)
@@ -779,6 +848,20 @@ class InferenceEngine:
         for i in range(0, arr.shape[0], step):
             out[i : i + step] = self._forward_robust(torch.from_numpy(arr[i : i + step]))
         return out
+
+
+def _best_time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+    """Shortest of ``reps`` timed calls of ``fn`` (seconds), synchronising CUDA around each."""
+    best = math.inf
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _empty_cache(device: torch.device) -> None:

@@ -46,6 +46,9 @@ from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, Stream
 
 log = logging.getLogger(__name__)
 
+#: Longest time (s) chunks of a live source are processed back to back before the loop gets a turn.
+_MAX_HOLD_S = 0.002
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineSettings:
@@ -124,10 +127,15 @@ class StreamState:
         # at most one hop of native samples per piece, so every window is emitted in order
         self.max_piece = max(1, math.floor(self.hop_samples * info.fs / self.model_fs))
         self.next_end = self.window_samples
-        # Deferred DSP (performance): raw samples are filtered and resampled only when a window is due (or one
-        # hop of them is pending), i.e. a few times per second instead of once per 10 ms chunk. The filters are
-        # chunking-invariant, so the windows are the same; scipy's per-call overhead (~20 µs) is paid per hop.
-        self._dsp_done = 0  # absolute index (raw_buffer) of the first raw sample not yet filtered
+        # Deferred processing (performance, see docs/performance.md): a chunk is only queued here (a list append);
+        # the queued samples go through the level meter, the raw buffer, the filters and the resampler as one
+        # block when a window falls due or one hop (max_piece) of them is queued, i.e. a few times per second per
+        # stream instead of 100 times. Every stage is chunking-invariant, so the windows, their quality and
+        # timestamps are those of chunk-by-chunk processing; numpy/scipy's per-call overhead (~20 µs for sosfilt)
+        # is paid per hop. Chunk arrays are read-only by contract, so queuing references is safe.
+        self._queued: list[np.ndarray] = []
+        self._queued_n = 0
+        self._flush_at = self._samples_until_window()
         self.window_index = 0
         self.estimator = RollingEstimator(settings.estimates, len(cfg.classes))
         self.status = StreamStatus.LIVE
@@ -190,38 +198,54 @@ class StreamState:
             self.status = StreamStatus.LIVE
             self.status_detail = ""
         n = data.shape[0]
-        windows: list[Window] = []
         step = self.max_piece
-        for start in range(0, n, step):
-            piece = data[start : start + step] if n > step else data
-            self._track_level(piece)
-            self.raw_buffer.write(piece)
-            # The common case (no window due, less than a hop pending) ends here: no DSP, no allocation.
-            # At most 2 * max_piece raw samples are ever pending, which the raw buffer always holds.
-            pending = self.raw_buffer.total_written - self._dsp_done
-            if pending < step and self.buffer.total_written + self.resampler.output_length(pending) < self.next_end:
-                continue
-            self._run_dsp(pending)
-            if self.buffer.total_written < self.next_end:
-                continue
+        if n <= step:  # the common case: one small chunk, usually no window due yet
+            self._queued.append(data)
+            self._queued_n += n
+            if self._queued_n < self._flush_at:
+                return []
+            return self._flush(chunk.timestamps, n, arrival)
+        windows: list[Window] = []
+        for start in range(0, n, step):  # a large chunk (a file at full speed): pieces of at most one hop
+            piece = data[start : start + step]
+            self._queued.append(piece)
+            self._queued_n += piece.shape[0]
+            if self._queued_n >= self._flush_at:
+                windows.extend(self._flush(chunk.timestamps, start + piece.shape[0], arrival))
+        return windows
+
+    def _samples_until_window(self) -> int:
+        """Raw samples to queue before the next flush: until the next window is due, at most one hop."""
+        return max(1, min(self.max_piece, self.resampler.input_needed(self.next_end - self.buffer.total_written)))
+
+    def _flush(self, timestamps: np.ndarray, end: int, arrival: float) -> list[Window]:
+        """Process the queued raw samples as one block and cut the windows that became due.
+
+        Args:
+            timestamps: the current chunk's timestamps; ``end``: how many of its samples were queued (the newest
+                queued sample is ``timestamps[end - 1]``).
+            arrival: the pipeline clock time of the current chunk.
+        """
+        queued = self._queued
+        block = queued[0] if len(queued) == 1 else np.concatenate(queued)
+        queued.clear()
+        self._queued_n = 0
+        self._track_level(block)
+        self.raw_buffer.write(block)
+        # non-finite samples are held at the last finite value inside StreamFilter (no step through the
+        # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
+        out = self.resampler.process(self.filter.process(block))
+        if out.shape[0]:
+            self.buffer.write(out)
+        windows: list[Window] = []
+        if self.buffer.total_written >= self.next_end:
             # the newest model-rate sample represents the input ``delay_s`` earlier (resampler group delay)
-            t_last = float(chunk.timestamps[min(start + piece.shape[0], n) - 1]) if chunk.timestamps.size else 0.0
+            t_last = float(timestamps[end - 1]) if timestamps.size else 0.0
             t_end = t_last - self.resampler.delay_s
             while self.buffer.total_written >= self.next_end:
                 windows.append(self._cut(t_end, arrival))
+        self._flush_at = self._samples_until_window()
         return windows
-
-    def _run_dsp(self, pending: int) -> None:
-        """Filter + resample the ``pending`` newest raw samples (one block) into the model-rate buffer."""
-        if pending <= 0:
-            return
-        # non-finite samples are held at the last finite value inside StreamFilter (no step through the
-        # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
-        raw = self.raw_buffer.latest(pending)  # (C, pending) copy
-        self._dsp_done += pending
-        out = self.resampler.process(self.filter.process(raw.T))
-        if out.shape[0]:
-            self.buffer.write(out)
 
     def _cut(self, t_end: float, arrival: float) -> Window:
         data = self.buffer.latest(self.window_samples, end=self.next_end)
@@ -239,19 +263,24 @@ class StreamState:
         self.next_end += self.hop_samples
         return window
 
-    def _track_level(self, piece: np.ndarray) -> None:
-        # one BLAS dot per chunk (no temporary for contiguous chunks); the masked form only for non-finite data
-        flat = piece.reshape(-1)
-        sumsq = float(np.dot(flat, flat))
-        if not math.isfinite(sumsq):
-            finite = flat[np.isfinite(flat)]
-            sumsq = float(np.dot(finite, finite))
-        self._level_sumsq += sumsq / max(1, piece.shape[1])
-        self._level_count += piece.shape[0]
-        if self._level_count >= self._level_per_bin:
-            self.levels.append(math.sqrt(self._level_sumsq / self._level_count))
-            self._level_sumsq = 0.0
-            self._level_count = 0
+    def _track_level(self, block: np.ndarray) -> None:
+        """RMS level per bin of ``level_bin_s`` (µV, all channels pooled); one BLAS dot per bin part."""
+        n, c = block.shape
+        i = 0
+        while i < n:
+            take = min(n - i, self._level_per_bin - self._level_count)
+            flat = block[i : i + take].reshape(-1)
+            sumsq = float(np.dot(flat, flat))
+            if not math.isfinite(sumsq):  # rare: leave NaN/Inf samples out of the level
+                finite = flat[np.isfinite(flat)]
+                sumsq = float(np.dot(finite, finite))
+            self._level_sumsq += sumsq / c
+            self._level_count += take
+            i += take
+            if self._level_count >= self._level_per_bin:
+                self.levels.append(math.sqrt(self._level_sumsq / self._level_count))
+                self._level_sumsq = 0.0
+                self._level_count = 0
 
     # ---------------------------------------------------------------- results
     def on_result(self, window: Window, probs: np.ndarray, now: float) -> Estimate:
@@ -371,6 +400,7 @@ class Pipeline:
         self.refused_streams = 0
         self.source_errors: dict[str, str] = {}
         self._stop = asyncio.Event()
+        self._yielded_at = clock()  # when _on_chunk last gave the loop a turn (live sources)
 
     # ---------------------------------------------------------------- public
     def stop(self) -> None:
@@ -533,6 +563,12 @@ class Pipeline:
                 await engine.submit(w)
         if not source.realtime:
             await asyncio.sleep(0)  # let the engine and sinks run between file chunks
+        elif arrival - self._yielded_at >= _MAX_HOLD_S:
+            # A live source that delivers a backlog in one go (a late pacer, a broker burst) never suspends; without
+            # a turn the engine's worker could not start the next batch, windows would pile up and be dropped.
+            # Yield at most every _MAX_HOLD_S of clock time: ~500 cheap sleeps per second at most.
+            self._yielded_at = arrival
+            await asyncio.sleep(0)
 
     def _on_result(self, window: Window, probs: np.ndarray) -> None:
         state = self.streams.get(window.stream_id)

@@ -33,8 +33,8 @@ with a message that says what is wrong; the decoders never raise anything else, 
 
 Non-finite samples (NaN, ±Inf; ``null`` in JSON) are a policy (:attr:`ProtocolLimits.non_finite`). The
 default, ``"flag"``, accepts them and counts them in :attr:`DataMessage.non_finite`: a device with one broken
-channel keeps its other channels, and the pipeline zeroes such samples before its filters and marks the
-channel's quality ``"nan"`` so no estimate is made from it. ``"reject"`` drops the whole message instead.
+channel keeps its other channels, and the pipeline keeps such samples out of its stateful filters and marks
+the channel's quality ``"nan"`` so no estimate is made from it. ``"reject"`` drops the whole message instead.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ VERSION = 1
 FORMAT_INT16 = 1
 FORMAT_FLOAT32 = 2
 FORMAT_NAMES = {FORMAT_INT16: "int16", FORMAT_FLOAT32: "float32"}
-_SAMPLE_DTYPES = {FORMAT_INT16: np.dtype("<i2"), FORMAT_FLOAT32: np.dtype("<f4")}
+_SAMPLE_DTYPES: dict[int, np.dtype[Any]] = {FORMAT_INT16: np.dtype("<i2"), FORMAT_FLOAT32: np.dtype("<f4")}
 #: The binary header: magic, version, format, channels, samples, seq, t0, fs, scale (little-endian, packed).
 HEADER = struct.Struct("<4sBBHIQddf")
 HEADER_SIZE = HEADER.size  # 40
@@ -350,9 +350,7 @@ def decode_binary(payload: bytes | bytearray | memoryview, limits: ProtocolLimit
         if scale * 32768.0 > _FLOAT32_MAX:
             raise ProtocolError(f"scale {scale!r} makes int16 samples overflow float32 (|x| > 3.4e38 µV)")
         bad = 0
-        data = raw.astype(np.float32)
-        if scale != 1.0:
-            data *= np.float32(scale)
+        data = raw.astype(np.float32) if scale == 1.0 else np.multiply(raw, np.float32(scale), dtype=np.float32)
     if bad and limits.non_finite == "reject":
         _reject_non_finite(bad)
     return DataMessage(seq, t0, fs, data, FORMAT_NAMES[fmt], bad)

@@ -115,3 +115,19 @@ def test_info_reports_device_and_model() -> None:
     assert info["device"] == "cpu" or info["device"].startswith("cuda")
     assert info["model"]["classes"] == list(CLASSES)
     assert info["model"]["mflops_per_window"] > 0
+
+
+@pytest.mark.mqtt
+def test_demo_over_the_embedded_mqtt_broker() -> None:
+    out = streamemg("demo", "--transport", "mqtt", "--duration", "5", "--no-dashboard")
+    assert out.returncode == 0, out.stderr
+    ests = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+    assert {e["stream"] for e in ests} == {"mqtt:dev01", "mqtt:dev02", "mqtt:dev03"}
+    assert all(set(e["probabilities"]) == set(CLASSES) for e in ests)
+
+
+def test_demo_direct_prints_three_patients() -> None:
+    out = streamemg("demo", "--duration", "4", "--no-dashboard")
+    assert out.returncode == 0, out.stderr
+    ests = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+    assert {e["name"] for e in ests} == {"patient-1", "patient-2", "patient-3"}

@@ -334,6 +334,8 @@ class RecordSink:
         self._writer: asyncio.Task[None] | None = None
         self._report: str | None = None  # a failure not yet reported through an exception
         self._last_fsync = 0.0
+        self._warned: set[tuple[str, str]] = set()
+        self._last_error_log = -math.inf
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> RecordSink:
@@ -497,20 +499,27 @@ class RecordSink:
 
     def _lose(self, stream_id: str, reason: str, t_rec: float, chunks: int = 0, samples: int = 0,
               estimates: int = 0) -> None:
+        """Count a loss and queue its documentation (a ``gap`` record)."""
         counts = self.counts.setdefault(stream_id, StreamCounts(stream_id))
         counts.dropped_chunks += chunks
         counts.dropped_samples += samples
         counts.dropped_estimates += estimates
+        self._document(stream_id, reason, t_rec, t_rec, chunks, samples, estimates)
+        if (stream_id, reason) not in self._warned:
+            self._warned.add((stream_id, reason))
+            log.warning("recorder %s: dropping data of stream %s: %s (counted; documented in the recording)",
+                        self.path, stream_id, reason)
+
+    def _document(self, stream_id: str, reason: str, t_first: float, t_last: float, chunks: int, samples: int,
+                  estimates: int) -> None:
+        """Queue the documentation of an already counted loss."""
         lost = self._lost.setdefault(stream_id, _Lost())
-        first_for_reason = reason not in lost.reasons
         lost.chunks += chunks
         lost.samples += samples
         lost.estimates += estimates
-        lost.t_first = min(lost.t_first, t_rec)
-        lost.t_last = max(lost.t_last, t_rec)
+        lost.t_first = min(lost.t_first, t_first)
+        lost.t_last = max(lost.t_last, t_last)
         lost.reasons.add(reason)
-        if first_for_reason:
-            log.warning("recorder %s: dropping data of stream %s: %s", self.path, stream_id, reason)
 
     def _raise_report(self) -> None:
         report, self._report = self._report, None
@@ -594,8 +603,11 @@ class RecordSink:
                 self._lose(stream_id, reason, t_rec, chunks=1, samples=obj.n_samples)
             elif kind == K_ESTIMATE:
                 self._lose(stream_id, reason, t_rec, estimates=1)
-            elif kind == K_GAP:  # earlier losses stay documented in the next gap record
-                self._lose(stream_id, "; ".join(obj["reasons"]), t_rec, obj["chunks"], obj["samples"], obj["estimates"])
+            elif kind == K_GAP:  # earlier losses (already counted) stay documented in the next gap record
+                for why in obj["reasons"]:
+                    self._document(stream_id, why, obj["t_rec_first"], obj["t_rec_last"], 0, 0, 0)
+                self._document(stream_id, obj["reasons"][0], t_rec, t_rec, obj["chunks"], obj["samples"],
+                               obj["estimates"])
             elif kind == K_STREAM:
                 again.append(item)
         self._pending[:0] = again
@@ -605,7 +617,10 @@ class RecordSink:
             f"writing the recording {self.path} failed: {exc} (is the disk full?); {lost_chunks} chunk(s) lost; "
             "recording goes on when the disk accepts data again"
         )
-        log.error("recorder: %s", self._report)
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:  # a full disk fails every flush: say it, then every 10 s
+            self._last_error_log = now
+            log.error("recorder: %s (%d failed writes so far)", self._report, self.write_errors)
 
     # ------------------------------------------------------------------ write thread
     def _write_batch(self, batch: list[_Item]) -> tuple[int, dict[int, str]]:

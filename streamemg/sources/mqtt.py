@@ -66,6 +66,7 @@ from ..protocol import (
     DEFAULT_LIMITS,
     OFFLINE,
     ONLINE,
+    DataMessage,
     DeviceMeta,
     ProtocolLimits,
     decode_data,
@@ -508,7 +509,7 @@ class _Device:
         self.ts_offsets = np.zeros(0)
 
 
-class _DropOldestQueue(asyncio.Queue):  # type: ignore[type-arg]
+class _DropOldestQueue(asyncio.Queue[Any]):
     """The client's incoming queue (ours, given to aiomqtt as ``queue_type``).
 
     Bounded; when full, the oldest message is discarded and counted. The source drains it in batches
@@ -587,6 +588,7 @@ class MqttSource:
         """Connect and subscribe; raises BrokerError when the broker cannot be reached."""
         self._closing = False
         self._closed.clear()
+        self._iterator = None
         try:
             self._client = await self._connect()
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
@@ -672,6 +674,18 @@ class MqttSource:
             except aiomqtt.MqttError as exc:
                 if self._closing:
                     return
+                # messages that arrived before the link broke are still good
+                while queue is not None and not queue.empty():
+                    leftover = queue.get_nowait()
+                    try:
+                        chunk = on_message(leftover)
+                    except Exception:
+                        chunk = None
+                        self._internal_error(leftover)
+                    while pending:
+                        yield pending.popleft()
+                    if chunk is not None:
+                        yield chunk
                 self._connection_lost(exc)
                 while pending:
                     yield pending.popleft()
@@ -832,7 +846,8 @@ class MqttSource:
                     c.dropped += d
                     dc.dropped_samples += d * n
                     c.dropped_samples += d * n
-                    dev.bits = ((dev.bits << (d + 1)) | 1) & self._window_mask
+                    window = self.settings.reorder_window
+                    dev.bits = 1 if d >= window else ((dev.bits << (d + 1)) | 1) & self._window_mask
                     dev.highest = seq
             else:
                 back = dev.highest - seq
@@ -877,7 +892,7 @@ class MqttSource:
     def _window_mask(self) -> int:
         return (1 << self.settings.reorder_window) - 1
 
-    def _new_segment(self, dev: _Device, msg: Any, restart: bool) -> None:
+    def _new_segment(self, dev: _Device, msg: DataMessage, restart: bool) -> None:
         first = dev.info is None
         if restart:
             dev.counters.restarts += 1

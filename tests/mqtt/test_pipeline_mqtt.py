@@ -6,8 +6,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import Mosquitto
-from mqtt_helpers import client_for, wait_until
+from mqtt_support import Mosquitto, client_for, wait_until
 
 from simulators.mqtt_device import FleetSettings, run_fleet
 from streamemg.sinks.mqtt import from_uri as sink_from_uri

@@ -8,8 +8,7 @@ import math
 import time
 
 import pytest
-from conftest import Mosquitto, free_port
-from mqtt_helpers import client_for, wait_until
+from mqtt_support import Mosquitto, client_for, free_port, wait_until
 
 from streamemg.broker import EmbeddedBroker
 from streamemg.errors import BrokerError, ConfigError, SinkError

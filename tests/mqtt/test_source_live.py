@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Mosquitto
-from mqtt_helpers import Collector, client_for, signal_block, wait_until
+from mqtt_support import Collector, Mosquitto, client_for, signal_block, wait_until
 
 from simulators.mqtt_device import DeviceStats, FleetSettings, run_fleet
 from streamemg import protocol as p
@@ -162,7 +162,7 @@ async def test_two_shard_workers_split_ten_devices_exactly(mosquitto: Mosquitto,
 
 
 async def test_unreachable_broker_fails_fast_with_advice(prefix: str) -> None:
-    from conftest import free_port
+    from mqtt_support import free_port
 
     source = from_uri(f"mqtt://127.0.0.1:{free_port()}/{prefix}/+")
     with pytest.raises(BrokerError, match="could not connect"):
@@ -201,3 +201,40 @@ async def test_simulated_devices_publish_meta_status_and_data(mosquitto: Mosquit
                     break
     assert {got[f"{prefix}/{d}/status"] for d in fleet.device_ids()} == {b"offline"}
     assert json.loads(got[f"{prefix}/dev01/meta"])["schema"] == 1
+
+
+async def test_shared_subscription_gives_each_message_to_one_worker(mosquitto: Mosquitto, prefix: str) -> None:
+    """``?share=GROUP``: the broker hands each data message to one member of the group (meta/status to all)."""
+    workers = [from_uri(f"{mosquitto.url}/{prefix}/+?share=g{prefix}") for _ in range(2)]
+    async with workers[0], workers[1], client_for(mosquitto.url) as pub:
+        cols = [Collector(w).start() for w in workers]
+        await pub.publish(f"{prefix}/d1/status", b"online", qos=1)
+        for seq in range(20):
+            await pub.publish(f"{prefix}/d1/data", p.encode_binary(np.zeros((4, 1), np.float32), seq=seq,
+                                                                   t0=seq * 0.002, fs=FS), qos=1)
+        await wait_until(lambda: sum(w.counters.data_messages for w in workers) == 20)
+        await wait_until(lambda: all(w.counters.messages - w.counters.data_messages == 1 for w in workers))
+        for c in cols:
+            await c.stop()
+    assert sum(len(c.of(Chunk)) for c in cols) == 20
+
+
+async def test_simulated_devices_replay_a_recording(mosquitto: Mosquitto, prefix: str, tmp_path: Path) -> None:
+    rec = signal_block(3000, 2, fs=3000.0)
+    np.save(tmp_path / "rec.npy", rec)
+    (tmp_path / "rec.npy.json").write_text(json.dumps({"fs": 3000.0, "channels": ["left", "right"]}))
+    fleet = FleetSettings(broker=mosquitto.url, devices=2, replay=tmp_path / "rec.npy", duration=0.2, prefix=prefix,
+                          chunk_ms=20.0)
+    source = from_uri(f"{mosquitto.url}/{prefix}/+")
+    async with source:
+        col = Collector(source).start()
+        await asyncio.wait_for(run_fleet(fleet, quiet=True), 10)
+        ids = [f"mqtt:{d}" for d in fleet.device_ids()]
+        await wait_until(lambda: all(sum(c.n_samples for c in col.of(Chunk, s)) == 600 for s in ids))
+        await col.stop()
+    for k, sid in enumerate(ids):
+        info = col.of(StreamInfo, sid)[0]
+        assert info.fs == 3000.0 and info.channels == ("left", "right")
+        got = np.concatenate([c.data for c in col.of(Chunk, sid)])
+        start = k * 3000 // 2  # each device starts at its own offset into the recording
+        np.testing.assert_array_equal(got, rec[start : start + 600])

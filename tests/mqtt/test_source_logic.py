@@ -12,7 +12,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 import pytest
-from mqtt_helpers import signal_block
+from mqtt_support import signal_block
 
 from streamemg import protocol as p
 from streamemg.clock import ManualClock
