@@ -50,7 +50,14 @@ from streamemg.protocol import (
     quantize_int16,
     topic,
 )
-from streamemg.sources.mqtt import MqttConnection, backoff_delays, disconnect_quietly, parse_broker_uri
+from streamemg.sources.mqtt import (
+    MqttConnection,
+    backoff_delays,
+    connect_within,
+    disconnect_quietly,
+    parse_broker_uri,
+    publish_within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +246,11 @@ class _Device:
         will = aiomqtt.Will(self.status_topic, OFFLINE.encode(), qos=1, retain=True)
         conn = self.settings.connection
         client = await conn.client(client_id=f"streamemg-sim-{self.device}", will=will)
-        try:
-            await asyncio.wait_for(client.__aenter__(), conn.timeout_s + 1.0)
-        except TimeoutError:
-            raise aiomqtt.MqttError(f"no answer within {conn.timeout_s:g} s") from None
+        await connect_within(client, conn.timeout_s + 1.0)
         try:
             meta = encode_meta(fs=self.fs, channels=self.labels, device=self.info)
-            await client.publish(self.meta_topic, meta, qos=1, retain=True)
-            await client.publish(self.status_topic, ONLINE.encode(), qos=1, retain=True)
+            await publish_within(client, self.meta_topic, meta, qos=1, retain=True, limit_s=conn.timeout_s)
+            await publish_within(client, self.status_topic, ONLINE.encode(), qos=1, retain=True, limit_s=conn.timeout_s)
         except aiomqtt.MqttError:
             await disconnect_quietly(client, 1.0)
             raise
@@ -281,7 +285,7 @@ class _Device:
             return
         try:
             # a short wait: a dead link must not stall the sampling loop (the pacer catches up afterwards)
-            await client.publish(self.data_topic, payload, qos=self.settings.qos, timeout=_PUBLISH_TIMEOUT_S)
+            await publish_within(client, self.data_topic, payload, qos=self.settings.qos, limit_s=_PUBLISH_TIMEOUT_S)
             self.stats.sent += 1
         except aiomqtt.MqttError as exc:
             self.stats.lost += 1
@@ -296,8 +300,8 @@ class _Device:
                 await task
         client, self.client = self.client, None
         if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await asyncio.wait_for(client.publish(self.status_topic, OFFLINE.encode(), qos=1, retain=True), 2.0)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await publish_within(client, self.status_topic, OFFLINE.encode(), qos=1, retain=True, limit_s=2.0)
             await disconnect_quietly(client, 2.0)
 
     def encode(self, samples: np.ndarray, seq: int, t0: float) -> bytes:

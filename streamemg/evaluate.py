@@ -183,7 +183,12 @@ def subject_level(
     p = np.array(probs, dtype=np.float64).reshape(-1, rec_probs.shape[1])
     valid = np.isfinite(p).all(axis=1)
     y_true = np.array(truth, dtype=np.int64)
-    return y_true[valid], nan_safe_argmax(p[valid]), p[valid], [k for k, v in zip(keys, valid, strict=True) if v]
+    return (
+        y_true[valid],
+        nan_safe_argmax(p[valid]),
+        p[valid],
+        [k for k, v in zip(keys, valid.tolist(), strict=True) if v],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ splitters

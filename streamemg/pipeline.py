@@ -58,8 +58,11 @@ class PipelineSettings:
         hop_s: seconds between decisions per stream; None = the model's hop.
         stale_after_s: a stream with no data for this long is shown as stale.
         max_streams: streams beyond this are refused (counted, logged), protecting memory.
+        max_channels, max_fs_hz: a stream announcing more channels or a higher rate is refused (its buffers
+            would be sized from it), whatever the transport.
         restart_gap: a sequence number this far *below* the last one means the sender restarted
             (a new segment), not a late message.
+        drain_timeout_s: at shutdown, how long outputs may take to deliver what they hold and close.
         level_bin_s: width of one sparkline bin (stream time, s); level_bins: how many are kept.
         latency_history: decisions kept per stream for the p50/p99 latency.
         quality, estimates: the quality gate and the rolling estimate settings.
@@ -69,7 +72,10 @@ class PipelineSettings:
     hop_s: float | None = None
     stale_after_s: float = 1.0
     max_streams: int = 4096
+    max_channels: int = 256
+    max_fs_hz: float = 200_000.0
     restart_gap: int = 1000
+    drain_timeout_s: float = 1.0
     level_bin_s: float = 0.25
     level_bins: int = 24
     latency_history: int = 512
@@ -82,6 +88,10 @@ class PipelineSettings:
             raise ConfigError(f"PipelineSettings.hop_s={self.hop_s!r}: give a positive number of seconds, e.g. 0.25")
         if not self.stale_after_s > 0:
             raise ConfigError(f"PipelineSettings.stale_after_s={self.stale_after_s!r}: must be above 0 s")
+        if not self.drain_timeout_s > 0:
+            raise ConfigError(f"PipelineSettings.drain_timeout_s={self.drain_timeout_s!r}: must be above 0 s")
+        if self.max_channels < 1 or not self.max_fs_hz > 0:
+            raise ConfigError("PipelineSettings.max_channels and max_fs_hz must be positive")
         if self.max_streams < 1:
             raise ConfigError(f"PipelineSettings.max_streams={self.max_streams!r}: must be at least 1")
         if self.restart_gap < 1:
@@ -439,14 +449,32 @@ class Pipeline:
                 await engine.drain()
                 for r in runners:
                     r.close()
-                await asyncio.gather(*sink_tasks, return_exceptions=True)
+                await self._drain_sinks(runners, sink_tasks)
         finally:
             for r in runners:
                 r.close()
                 try:
-                    await r.sink.__aexit__(None, None, None)
+                    async with asyncio.timeout(self.settings.drain_timeout_s):
+                        await r.sink.__aexit__(None, None, None)
+                except TimeoutError:
+                    self._error(f"output {r.name} did not close within {self.settings.drain_timeout_s:g} s")
                 except Exception as exc:  # closing an output must not hide other results
                     self._error(f"closing output {r.name}: {exc}")
+
+    async def _drain_sinks(self, runners: list[SinkRunner], tasks: list[asyncio.Task[None]]) -> None:
+        """Let every output deliver what it holds, but never wait on a hung one past ``drain_timeout_s``."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+        for runner, task in zip(runners, tasks, strict=True):
+            if task in pending:
+                lost = runner.abandon()
+                task.cancel()
+                self._error(
+                    f"output {runner.name} did not finish within {self.settings.drain_timeout_s:g} s at shutdown; "
+                    f"{lost} queued items were not delivered"
+                )
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def snapshot(self) -> PipelineSnapshot:
         """An immutable picture of the whole pipeline for the dashboard (cheap: O(streams))."""
@@ -502,6 +530,16 @@ class Pipeline:
         old = self.streams.get(info.stream_id)
         if old is not None and old.info.signature == info.signature and old.source is source:
             old.info = info
+            return
+        if info.n_channels > self.settings.max_channels or info.fs > self.settings.max_fs_hz:
+            self.refused_streams += 1
+            msg = (
+                f"stream {info.name!r} refused: {info.n_channels} channels at {info.fs:g} Hz exceeds the limits "
+                f"({self.settings.max_channels} channels, {self.settings.max_fs_hz:g} Hz); raise "
+                "pipeline.max_channels / max_fs_hz in the config if this is intended"
+            )
+            self.source_errors[source.uri] = msg
+            self._error(msg)
             return
         if old is None and len(self.streams) >= self.settings.max_streams:
             self.refused_streams += 1

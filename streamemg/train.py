@@ -656,7 +656,7 @@ def train_bundle(
         for k, v in datasets.items()
     }
     training["subject_ids"] = sorted({r.subject for r in refs})
-    training["flops_per_window"] = int(count_flops(result.model, int(config.window_samples)))
+    training["flops_per_window"] = int(count_flops(result.model, int(config.window_samples)))  # type: ignore[arg-type]
     training["parameters"] = int(sum(p.numel() for p in result.model.parameters()))
     training["torch"] = str(torch.__version__)
     return ModelBundle(

@@ -239,3 +239,24 @@ async def test_duration_and_stop_end_a_never_ending_source(bundle) -> None:
     loop.call_later(0.3, p2.stop)
     await asyncio.wait_for(p2.run(), timeout=10)
     assert [s.stream_id for s in p2.snapshot().streams] == ["f"]
+
+
+async def test_streams_beyond_the_channel_rate_and_count_limits_are_refused(bundle) -> None:
+    x = emg("normal", 8000.0, 1.5)
+    wide = np.repeat(x, 5, axis=1)
+    p, mem = await run_pipeline(
+        [
+            MemorySource.from_array("ok", x, 8000.0, chunk_sizes=400),
+            MemorySource.from_array("wide", wide, 8000.0, chunk_sizes=400),
+            MemorySource.from_array("fast", x, 8000.0 * 40, chunk_sizes=400),
+            MemorySource.from_array("extra", x, 8000.0, chunk_sizes=400),
+        ],
+        bundle,
+        settings=PipelineSettings(max_channels=4, max_fs_hz=100_000.0, max_streams=1),
+    )
+    assert not mem.by_stream("wide") and not mem.by_stream("fast")
+    # one of the two acceptable streams got the only place; the other was refused by max_streams
+    assert bool(mem.by_stream("ok")) != bool(mem.by_stream("extra"))
+    assert p.refused_streams == 3
+    assert any("5 channels" in e and "max_channels" in e for e in p.errors)
+    assert any("320000 Hz" in e for e in p.errors)

@@ -99,6 +99,8 @@ async def test_every_sample_timestamp_seq_and_estimate_is_recorded(bundle, tmp_p
     infos = reader.stream_infos()
     assert infos["rec-a"][0].fs == 10000.0 and infos["rec-a"][0].channels == ("ch1", "ch2")
 
+    for name in (DATA_FILE, INDEX_FILE):  # health data: owner only
+        assert (tmp_path / "rec" / name).stat().st_mode & 0o077 == 0
     index = json.loads((tmp_path / "rec" / INDEX_FILE).read_text())
     assert index["complete"] is True and index["bytes"] == (tmp_path / "rec" / DATA_FILE).stat().st_size
     assert {s["stream"]: s["samples"] for s in index["streams"]} == {k: len(v) for k, v in arrays.items()}
@@ -121,8 +123,7 @@ async def test_file_uri_of_a_directory_replays_the_recording(bundle, tmp_path: P
     sources, _ = two_streams()
     _, original = await run(sources[:1], bundle, [RecordSink(tmp_path / "rec")])
     source = open_source(f"file:{tmp_path / 'rec'}?speed=max")
-    if not isinstance(source, RecordedSource):
-        pytest.skip("streamemg.sources.file does not hand recorder directories to streamemg.sources.recorded yet")
+    assert isinstance(source, RecordedSource)
     _, replay = await run([source], bundle)
     assert_same_estimates(replay.by_stream("rec-a"), original.by_stream("rec-a"))
 

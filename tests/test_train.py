@@ -170,3 +170,31 @@ def test_cli_parsers() -> None:
     assert b.func is cli_evaluate.run and b.folds == "loso" and b.json and b.cross_site
     with pytest.raises(ConfigError):
         cli_evaluate._int_folds("1")
+
+
+@pytest.mark.data
+async def test_recording_level_equals_streaming_pipeline(tmp_path: Path) -> None:
+    """evaluate's recording-level estimate == the cumulative estimate of a file stream through the pipeline."""
+    from streamemg.datasets import data_root, find_recordings
+    from streamemg.engine import EngineSettings
+    from streamemg.model import untrained_bundle
+    from streamemg.pipeline import Pipeline
+    from streamemg.sources.base import open_source
+
+    if data_root() is None:
+        pytest.skip("clinical data folder not available: set STREAMEMG_DATA to the folder holding the data sets")
+    ref = next(r for r in find_recordings(datasets=["emglab"]) if r.usable == (0, r.n_samples))
+    bundle = untrained_bundle(default_config(), seed=5)
+    prepared_rec = prepare(ref, bundle.config, cache_dir=tmp_path)
+    _, rec = evaluate_model(bundle.build(), [prepared_rec], bundle.config)
+
+    estimates = []
+    pipeline = Pipeline(
+        [open_source(f"file:{ref.path}?speed=max")],
+        bundle=bundle,
+        engine_settings=EngineSettings(device="cpu"),
+        on_estimate=estimates.append,
+    )
+    await pipeline.run(duration=120)
+    assert len(estimates) == len(prepared_rec.stream_ends)
+    np.testing.assert_allclose(estimates[-1].cumulative, rec.probs[0], rtol=1e-4, atol=1e-5)

@@ -40,5 +40,6 @@ async def _serve(port: int, duration: float | None) -> int:
     async with EmbeddedBroker(port=port) as broker:
         print(f"streamemg: MQTT broker listening on {broker.url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+            async with asyncio.timeout(duration):
+                await stop.wait()
     return 0

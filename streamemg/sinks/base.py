@@ -108,6 +108,13 @@ class SinkRunner:
         self._queue.append(item)
         self._wake.set()
 
+    def abandon(self) -> int:
+        """Give up on what is still queued (a hung output at shutdown): count it as dropped, return how many."""
+        lost = len(self._queue)
+        self._queue.clear()
+        self.dropped += lost
+        return lost
+
     def close(self) -> None:
         """Ask the runner to finish after draining what is queued."""
         self._closed = True

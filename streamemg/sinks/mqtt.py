@@ -38,7 +38,15 @@ from ..protocol import (
     label_payload,
     label_topic,
 )
-from ..sources.mqtt import MqttConnection, backoff_delays, disconnect_quietly, mask_password, parse_broker_uri
+from ..sources.mqtt import (
+    MqttConnection,
+    backoff_delays,
+    connect_within,
+    disconnect_quietly,
+    mask_password,
+    parse_broker_uri,
+    publish_within,
+)
 from ..types import Estimate, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -185,15 +193,12 @@ class MqttSink:
         prefix = self.settings.prefix
         label = label_payload(estimate)
         try:
-            await client.publish(
-                estimate_topic(device, prefix), encode_estimate(estimate, device), qos=self.settings.qos,
-                timeout=self.settings.publish_timeout_s,
-            )
+            limit = self.settings.publish_timeout_s
+            await publish_within(client, estimate_topic(device, prefix), encode_estimate(estimate, device),
+                                 qos=self.settings.qos, limit_s=limit)
             if self._labels.get(device) != label:
-                await client.publish(
-                    label_topic(device, prefix), label.encode(), qos=self.settings.qos, retain=True,
-                    timeout=self.settings.publish_timeout_s,
-                )
+                await publish_within(client, label_topic(device, prefix), label.encode(), qos=self.settings.qos,
+                                     retain=True, limit_s=limit)
                 self._labels[device] = label
         except aiomqtt.MqttError as exc:
             self.failures += 1
@@ -204,10 +209,7 @@ class MqttSink:
     # ---------------------------------------------------------------- connection
     async def _connect(self) -> aiomqtt.Client:
         client = await self.settings.connection.client()
-        try:
-            await asyncio.wait_for(client.__aenter__(), self.settings.connection.timeout_s + 1.0)
-        except TimeoutError:
-            raise aiomqtt.MqttError(f"no answer within {self.settings.connection.timeout_s:g} s") from None
+        await connect_within(client, self.settings.connection.timeout_s + 1.0)
         return client
 
     def _lost(self, client: aiomqtt.Client, exc: BaseException) -> None:

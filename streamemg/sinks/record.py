@@ -205,7 +205,7 @@ def encode_chunk(key: int, chunk: Chunk, t_rec: float) -> bytes:
         elif seq >= 2**63:
             seq -= 2**64  # stored as the same 64 bits; FLAG_SEQ_NEGATIVE unset says "read unsigned"
     head = CHUNK_HEAD.pack(key, data.shape[0], data.shape[1], flags, ts.shape[0], seq, t_rec)
-    return frame(K_CHUNK, head, memoryview(ts.view(np.uint8)), memoryview(data.reshape(-1).view(np.uint8)))
+    return frame(K_CHUNK, head, ts.view(np.uint8).tobytes(), data.reshape(-1).view(np.uint8).tobytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +371,7 @@ class RecordSink:
     def _open(self, header: bytes) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.path, flags, 0o644)
+        fd = os.open(self.path, flags, 0o600)  # health data: readable by the owner only
         try:
             self._write_all(fd, MAGIC + frame(K_HEADER, header))
             os.fsync(fd)
@@ -436,7 +436,11 @@ class RecordSink:
         finally:
             os.close(fd)
         tmp = self.directory / (INDEX_FILE + ".tmp")
-        tmp.write_bytes(json.dumps(index, indent=1, allow_nan=False, default=str).encode("utf-8"))
+        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with os.fdopen(tfd, "wb") as fh:
+            fh.write(json.dumps(index, indent=1, allow_nan=False, default=str).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.directory / INDEX_FILE)
         _fsync_dir(self.directory)
 
@@ -529,9 +533,10 @@ class RecordSink:
     def _gap_records(self) -> list[_Item]:
         items: list[_Item] = []
         for stream_id, lost in self._lost.items():
-            doc = {
+            key = self._keys.get(stream_id, -1)
+            doc: dict[str, Any] = {
                 "stream": stream_id,
-                "key": self._keys.get(stream_id, -1),
+                "key": key,
                 "chunks": lost.chunks,
                 "samples": lost.samples,
                 "estimates": lost.estimates,
@@ -539,7 +544,7 @@ class RecordSink:
                 "t_rec_last": lost.t_last,
                 "reasons": sorted(lost.reasons),
             }
-            items.append((K_GAP, stream_id, doc, lost.t_last, doc["key"], 256))
+            items.append((K_GAP, stream_id, doc, lost.t_last, key, 256))
         self._lost.clear()
         return items
 

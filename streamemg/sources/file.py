@@ -184,6 +184,10 @@ def from_uri(uri: str) -> Source:
     if scheme != "file":
         raise SourceURIError(f"{uri!r} is not a file: URI (e.g. {_EXAMPLE})")
     path = _path_from_body(uri, body)
+    if path.is_dir():  # a recorder directory (``--output record:DIR``)
+        from . import recorded
+
+        return recorded.from_uri(uri)
     if path.name.lower().endswith(XDF_SUFFIXES):
         try:
             xdf = importlib.import_module("streamemg.sources.xdf")

@@ -623,10 +623,7 @@ class MqttSource:
         s = self.settings
         queue = functools.partial(_DropOldestQueue, on_drop=self._on_queue_drop, on_create=self._set_queue)
         client = await s.connection.client(queue_type=queue, max_queued_incoming=s.queue_size)
-        try:
-            await asyncio.wait_for(client.__aenter__(), s.connection.timeout_s + 1.0)
-        except TimeoutError:
-            raise aiomqtt.MqttError(f"no answer within {s.connection.timeout_s:g} s") from None
+        await connect_within(client, s.connection.timeout_s + 1.0)
         try:
             subs = s.subscriptions()
             await client.subscribe(subs[:2])
@@ -720,7 +717,8 @@ class MqttSource:
             if self._closing:
                 return False
             try:
-                await asyncio.wait_for(self._closed.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._closed.wait()
                 return False
             except TimeoutError:
                 pass
@@ -954,14 +952,41 @@ class MqttSource:
             dev.offline = False
 
 
+async def publish_within(
+    client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int, limit_s: float, retain: bool = False
+) -> None:
+    """Publish and wait at most ``limit_s`` seconds for it to be sent (QoS 0) or acknowledged (QoS 1).
+
+    The bound is an ``asyncio.timeout`` around aiomqtt's untimed publish rather than aiomqtt's own
+    ``timeout=`` (``asyncio.wait_for``, which on Python 3.11 runs the wait in an extra task; a device task
+    cancelled at shutdown was seen left waiting for that task). A timeout raises ``aiomqtt.MqttError``, as aiomqtt does.
+    """
+    try:
+        async with asyncio.timeout(limit_s):
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf)
+    except TimeoutError:
+        raise aiomqtt.MqttError(f"no acknowledgement within {limit_s:g} s") from None
+
+
+async def connect_within(client: aiomqtt.Client, limit_s: float) -> None:
+    """Enter (connect) an aiomqtt client within ``limit_s`` seconds; a timeout raises ``aiomqtt.MqttError``."""
+    try:
+        async with asyncio.timeout(limit_s):
+            await client.__aenter__()
+    except TimeoutError:
+        await disconnect_quietly(client, 1.0)
+        raise aiomqtt.MqttError(f"no answer within {limit_s:g} s") from None
+
+
 async def disconnect_quietly(client: aiomqtt.Client, limit_s: float) -> None:
     """Leave an aiomqtt client, whatever its state, within ``limit_s`` seconds; never raises.
 
     A client whose connection broke while nobody iterated its messages holds the disconnection error in a
     future no one awaits; it is retrieved here so asyncio does not report it as never retrieved.
     """
-    with contextlib.suppress(Exception, TimeoutError):
-        await asyncio.wait_for(client.__aexit__(None, None, None), limit_s)
+    with contextlib.suppress(Exception):  # TimeoutError included
+        async with asyncio.timeout(limit_s):
+            await client.__aexit__(None, None, None)
     lost = getattr(client, "_disconnected", None)
     if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
         lost.exception()
@@ -1160,7 +1185,8 @@ async def _publish_blob(connection: MqttConnection, blob_path: str) -> asyncio.s
 
 async def _finish_publisher(proc: asyncio.subprocess.Process, timeout_s: float) -> float:
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
