@@ -455,6 +455,8 @@ class EngineStats:
         errors: forward calls that raised or timed out.
         failed: windows delivered with NaN probabilities because the device failed.
         busy_s: seconds the inference thread spent on batches (staging copy + forward), by the engine's clock.
+        cpu_s: CPU seconds the inference thread spent on those batches (``time.thread_time``): unlike ``busy_s`` it
+            excludes time the thread waited for a core, so it is the batches' cost on a busy machine.
         queued: windows waiting now; ``queue_high``: the most ever waiting at once.
         fallbacks: times the engine moved from a GPU to the CPU after failures.
     """
@@ -467,6 +469,7 @@ class EngineStats:
     errors: int = 0
     failed: int = 0
     busy_s: float = 0.0
+    cpu_s: float = 0.0
     queued: int = 0
     queue_high: int = 0
     fallbacks: int = 0
@@ -554,6 +557,7 @@ class InferenceEngine:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # model / device swaps vs. predict() from another thread
         self._staging = self._make_staging(settings.max_batch)
+        self._batch_cpu_s = 0.0  # CPU time of the last batch (inference thread)
 
     # ------------------------------------------------------------------ lifecycle
     def _make_staging(self, rows: int) -> torch.Tensor:
@@ -732,6 +736,8 @@ class InferenceEngine:
             log.error("%s", exc)
             probs = None
         st.busy_s += self.clock() - t0
+        if probs is not None:
+            st.cpu_s += self._batch_cpu_s
         st.batches += 1
         st.rows += rows
         st.windows += len(arrays)
@@ -768,6 +774,7 @@ class InferenceEngine:
 
     def _run_batch(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Inference thread: stage ``arrays`` (each (C_i, T)) into one (B, T) block and classify it."""
+        cpu0 = time.thread_time()
         rows = sum(a.shape[0] for a in arrays)
         staging = self._staging if rows <= self._staging.shape[0] else self._make_staging(rows)
         host = staging.numpy()
@@ -775,7 +782,9 @@ class InferenceEngine:
         for a in arrays:
             np.copyto(host[off : off + a.shape[0]], a, casting="same_kind")
             off += a.shape[0]
-        return self._forward_robust(staging[:rows])
+        probs = self._forward_robust(staging[:rows])
+        self._batch_cpu_s = time.thread_time() - cpu0  # read by _classify once the call has returned
+        return probs
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         """(B, T) host tensor -> (B, K) float32 probabilities, on the current device (graph replay if any)."""

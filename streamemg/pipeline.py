@@ -125,6 +125,7 @@ class StreamState:
                 f"Stream at {self.model_fs:g} Hz or more, or use a model trained at a lower rate (--model)."
             )
         c = info.n_channels
+        self.n_channels = c
         self.window_samples = int(cfg.window_samples)
         hop_s = settings.hop_s if settings.hop_s is not None else cfg.hop_samples / self.model_fs
         self.hop_samples = max(1, round(hop_s * self.model_fs))
@@ -194,13 +195,16 @@ class StreamState:
             arrival: pipeline clock time (s) at which the chunk arrived.
         """
         data = chunk.data
-        if data.ndim != 2 or data.shape[1] != self.info.n_channels:
+        if data.ndim != 2 or data.shape[1] != self.n_channels:
             self.rejected += 1
             raise StreamEMGError(
-                f"stream {self.info.name!r}: chunk shaped {data.shape}, expected (n, {self.info.n_channels}); "
+                f"stream {self.info.name!r}: chunk shaped {data.shape}, expected (n, {self.n_channels}); "
                 "the source must announce a new StreamInfo when the channel count changes"
             )
-        if not self.accept_seq(chunk):
+        seq = chunk.seq
+        if seq is not None and seq == (self.last_seq if self.last_seq is not None else seq - 1) + 1:
+            self.last_seq = seq  # the in-order case, inline (this runs ~100 times per second per stream)
+        elif not self.accept_seq(chunk):
             return []
         self.accepted = True
         self.last_data_at = arrival
@@ -402,6 +406,7 @@ class Pipeline:
         self.clock = clock
         self.sources = list(sources)
         self.runners = [SinkRunner(s, self.settings.sink) for s in sinks]
+        self._chunk_runners = [r for r in self.runners if r.wants_chunks]  # sinks that also take raw chunks
         self.on_estimate = on_estimate
         self.streams: dict[str, StreamState] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=8)
@@ -431,6 +436,7 @@ class Pipeline:
             except Exception as exc:  # an output that cannot open is reported; the others go on
                 self._error(f"output {r.name} could not be opened: {exc}")
         self.runners = runners
+        self._chunk_runners = [r for r in runners if r.wants_chunks]
         try:
             async with engine, asyncio.TaskGroup() as tg:
                 sink_tasks = [tg.create_task(r.run(), name=f"sink:{r.name}") for r in runners]
@@ -505,9 +511,19 @@ class Pipeline:
     async def _run_source(self, source: Source) -> None:
         try:
             async with source:
+                live = bool(source.realtime)
                 async for item in source:
                     if isinstance(item, Chunk):
-                        await self._on_chunk(item, source)
+                        if live:  # no coroutine per chunk on the hot path (~100 chunks per second per stream)
+                            arrival = self._on_live_chunk(item)
+                            if arrival - self._yielded_at >= _MAX_HOLD_S:
+                                # A live source that delivers a backlog in one go (a late pacer, a broker burst)
+                                # never suspends; without a turn the engine's worker could not start the next batch
+                                # and windows would pile up. Yield at most every _MAX_HOLD_S (~500 sleeps/s at most).
+                                self._yielded_at = arrival
+                                await asyncio.sleep(0)
+                        else:
+                            await self._on_chunk(item, source)
                     elif isinstance(item, StreamInfo):
                         self._on_info(item, source)
                     elif isinstance(item, StatusEvent):
@@ -528,8 +544,9 @@ class Pipeline:
 
     def _on_info(self, info: StreamInfo, source: Source) -> None:
         old = self.streams.get(info.stream_id)
-        if old is not None and old.info.signature == info.signature and old.source is source:
-            old.info = info
+        same_segment = old is not None and old.info.meta.get("segment") == info.meta.get("segment")
+        if old is not None and old.info.signature == info.signature and old.source is source and same_segment:
+            old.info = info  # new labels or device facts only: keep the running state
             return
         if info.n_channels > self.settings.max_channels or info.fs > self.settings.max_fs_hz:
             self.refused_streams += 1
@@ -576,37 +593,47 @@ class Pipeline:
         state.status_detail = event.detail
         state.dropped_samples += event.dropped_samples
 
-    async def _on_chunk(self, chunk: Chunk, source: Source) -> None:
+    def _ingest(self, chunk: Chunk) -> tuple[StreamState | None, list[Window]]:
+        """Ingest one chunk into its stream's state; ``(state or None, windows that became due)``."""
         state = self.streams.get(chunk.stream_id)
         if state is None:
-            return  # refused stream or data before its announcement
-        arrival = self.clock()
+            return None, []  # refused stream or data before its announcement
         state.accepted = False
         try:
-            windows = state.ingest(chunk, arrival)
+            windows = state.ingest(chunk, self.clock())
         except StreamEMGError as exc:
             self._error(str(exc))
+            return None, []
+        if state.accepted and self._chunk_runners:
+            for r in self._chunk_runners:
+                r.put_chunk(chunk)
+        return state, windows
+
+    def _on_live_chunk(self, chunk: Chunk) -> float:
+        """A live source's chunk: ingest, and queue due windows without waiting (a full queue drops and counts).
+
+        Returns the clock time at the end (for the caller's yield check).
+        """
+        state, windows = self._ingest(chunk)
+        if windows:
+            engine = self.engine
+            assert engine is not None and state is not None
+            for w in windows:
+                if not engine.submit_nowait(w):
+                    state.dropped_windows += 1
+        return self.clock()
+
+    async def _on_chunk(self, chunk: Chunk, source: Source) -> None:
+        """Any source's chunk; an offline source's windows wait for queue space (back-pressure)."""
+        if source.realtime:
+            self._on_live_chunk(chunk)
             return
-        if state.accepted:
-            for r in self.runners:
-                if r.wants_chunks:
-                    r.put_chunk(chunk)
+        _, windows = self._ingest(chunk)
         engine = self.engine
         assert engine is not None
         for w in windows:
-            if source.realtime:
-                if not engine.submit_nowait(w):
-                    state.dropped_windows += 1
-            else:
-                await engine.submit(w)
-        if not source.realtime:
-            await asyncio.sleep(0)  # let the engine and sinks run between file chunks
-        elif arrival - self._yielded_at >= _MAX_HOLD_S:
-            # A live source that delivers a backlog in one go (a late pacer, a broker burst) never suspends; without
-            # a turn the engine's worker could not start the next batch, windows would pile up and be dropped.
-            # Yield at most every _MAX_HOLD_S of clock time: ~500 cheap sleeps per second at most.
-            self._yielded_at = arrival
-            await asyncio.sleep(0)
+            await engine.submit(w)
+        await asyncio.sleep(0)  # let the engine and sinks run between file chunks
 
     def _on_result(self, window: Window, probs: np.ndarray) -> None:
         state = self.streams.get(window.stream_id)

@@ -96,6 +96,7 @@ class ProtocolLimits:
         max_samples: samples per channel in one message.
         max_payload_bytes: bytes of one payload (data, meta or status), checked before parsing.
         max_fs_hz: highest accepted sampling rate, Hz.
+        min_fs_hz: lowest accepted sampling rate, Hz (a rate like 1e-300 Hz would put samples at infinite times).
         non_finite: ``"flag"`` (default): NaN/±Inf samples (``null`` in JSON) are accepted and counted in
             :attr:`DataMessage.non_finite`; the pipeline's quality gate then marks the channel ``"nan"``.
             ``"reject"``: a message holding any non-finite sample is rejected.
@@ -105,6 +106,7 @@ class ProtocolLimits:
     max_samples: int = 65536
     max_payload_bytes: int = 1 << 20
     max_fs_hz: float = 1_000_000.0
+    min_fs_hz: float = 1.0
     non_finite: str = "flag"
 
     def __post_init__(self) -> None:
@@ -124,6 +126,8 @@ class ProtocolLimits:
             )
         if not (isinstance(self.max_fs_hz, (int, float)) and math.isfinite(self.max_fs_hz) and self.max_fs_hz > 0):
             raise ConfigError(f"ProtocolLimits.max_fs_hz={self.max_fs_hz!r}: give a finite rate in Hz above 0")
+        if not (isinstance(self.min_fs_hz, (int, float)) and 0 < self.min_fs_hz <= self.max_fs_hz):
+            raise ConfigError(f"ProtocolLimits.min_fs_hz={self.min_fs_hz!r}: give a rate in Hz in (0, max_fs_hz]")
         if self.non_finite not in _NON_FINITE_POLICIES:
             raise ConfigError(f"ProtocolLimits.non_finite={self.non_finite!r}: use 'flag' (default) or 'reject'")
 
@@ -441,8 +445,10 @@ def _count_non_finite(a: np.ndarray) -> int:
 
 
 def _check_rate(fs: float, limits: ProtocolLimits) -> None:
-    if not (math.isfinite(fs) and 0 < fs <= limits.max_fs_hz):
-        raise ProtocolError(f"sampling rate fs={fs!r} must be a finite number of Hz in (0, {limits.max_fs_hz:g}]")
+    if not (math.isfinite(fs) and limits.min_fs_hz <= fs <= limits.max_fs_hz):
+        raise ProtocolError(
+            f"sampling rate fs={fs!r} must be a finite number of Hz in [{limits.min_fs_hz:g}, {limits.max_fs_hz:g}]"
+        )
 
 
 def _number(value: Any, name: str) -> float:

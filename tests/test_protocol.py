@@ -77,7 +77,7 @@ blocks = hnp.arrays(
 )
 seqs = st.integers(0, 2**64 - 1)
 times = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False)
-rates = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, exclude_min=False)
+rates = st.floats(min_value=1.0, max_value=1e6, allow_nan=False, exclude_min=False)
 
 
 @FAST

@@ -11,7 +11,10 @@ import argparse
 import asyncio
 import contextlib
 
-from .common import execute, make_plan
+from .common import execute, load_model, make_plan
+
+#: time for the pipeline to connect and subscribe before the devices start publishing
+SUBSCRIBE_GRACE_S = 1.0
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -20,14 +23,16 @@ async def _demo(args: argparse.Namespace) -> int:
     from ..broker import EmbeddedBroker
 
     async with EmbeddedBroker() as broker:
-        fleet = FleetSettings(broker=broker.url, devices=3, cls="mixed", fs=args.fs, duration=args.duration)
-        ready = asyncio.Event()
-        devices = asyncio.create_task(run_fleet(fleet, ready=ready, quiet=True), name="demo-devices")
+        args.output = [*(args.output or []), broker.url]
+        plan = make_plan(args, [f"{broker.url}/emg/+"])
+        bundle = load_model(plan.model, plan.window_s)  # the slow part, before anything publishes
+        pipeline = asyncio.create_task(execute(plan, bundle=bundle), name="demo-pipeline")
+        await asyncio.wait({pipeline}, timeout=SUBSCRIBE_GRACE_S)
+        duration = None if args.duration is None else max(0.5, args.duration - SUBSCRIBE_GRACE_S)
+        fleet = FleetSettings(broker=broker.url, devices=3, cls="mixed", fs=args.fs, duration=duration)
+        devices = asyncio.create_task(run_fleet(fleet, quiet=True), name="demo-devices")
         try:
-            await asyncio.wait_for(ready.wait(), timeout=30)
-            args.output = [*(args.output or []), broker.url]
-            plan = make_plan(args, [f"{broker.url}/emg/+"])
-            await execute(plan)
+            await pipeline
         finally:
             devices.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
