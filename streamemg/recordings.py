@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import numpy as np
 
 from .errors import DataFormatError
 from .types import FloatArray
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,11 @@ def _read_hea_format16(hea: Path, data_file: Path, signals: list[_HeaSignal], n_
     return np.frombuffer(raw, dtype="<i2", count=n_samples * n_sig, offset=off).reshape(n_samples, n_sig)
 
 
+#: recordings whose tail is known to be unusable, by file-name prefix: samples to keep.
+#: EMGLAB N2001 subject A08: only the first 240000 samples hold the recording; the rest is stale buffer content.
+KNOWN_STALE_TAILS: dict[str, int] = {"N2001A08": 240000}
+
+
 def read_hea(path: Path, fs: float | None = None) -> Recording:
     """A WFDB-style header and its signal file: EMGLAB ``.hea`` + ``.bin`` (or ``.bin.xz``), PhysioNet ``.dat``.
 
@@ -319,6 +327,11 @@ def read_hea(path: Path, fs: float | None = None) -> Recording:
     if len(set(channels)) != len(channels):
         channels = tuple(f"{c}{i + 1}" for i, c in enumerate(channels))
     rate = _check_fs(fs if fs is not None else hdr_fs, path)
+    for prefix, usable in KNOWN_STALE_TAILS.items():
+        if path.name.startswith(prefix) and data.shape[0] > usable:
+            log.info("%s: keeping the first %d samples (the rest is stale buffer content)", path.name, usable)
+            meta["trimmed_from"] = int(data.shape[0])
+            data = data[:usable]
     return Recording(_as_2d(data, path), rate, channels, path, meta)
 
 

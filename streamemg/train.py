@@ -164,7 +164,7 @@ class TrainSettings:
     balance: str = "site_class_subject"
     grid_s: float = 0.05
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     threads: int | None = None
     augment: AugmentSettings = field(default_factory=AugmentSettings)
 

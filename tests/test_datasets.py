@@ -54,6 +54,15 @@ def test_emglab_header_and_bin(tmp_path: Path, compress: bool) -> None:
     np.testing.assert_array_equal(read_recording(sig).data, rec.data)
 
 
+def test_emglab_a08_stale_tail_is_dropped_by_every_reader_user(tmp_path: Path) -> None:
+    counts = (np.arange(240010) % 1000 - 500).astype(np.int16)
+    rec = read_recording(_write_emglab(tmp_path, "N2001A08BB07", counts, compress=True))
+    assert rec.data.shape == (240000, 1)  # classify and file: replay never see the stale buffer content
+    assert rec.meta["trimmed_from"] == 240010
+    other = read_recording(_write_emglab(tmp_path, "N2001A07BB07", counts, compress=True))
+    assert other.data.shape == (240010, 1)
+
+
 def test_emglab_truncated_bin_is_an_error(tmp_path: Path) -> None:
     hea = tmp_path / "X.hea"
     hea.write_text("X 1 1000 100\nX.bin 16+20 13.1070/uV\n")

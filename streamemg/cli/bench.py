@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {
         "quick": args.quick, "device": args.device, "duration_s": args.duration, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "threads": args.threads, "spread": not args.aligned,
-        "lsl": not args.no_lsl, "mqtt": not args.no_mqtt,
+        "lsl": not args.no_lsl, "mqtt": not args.no_mqtt, "model_path": args.model,
     }
     counts = _counts(args.streams)
     if counts is not None:
