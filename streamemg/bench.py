@@ -93,8 +93,10 @@ class BenchSettings:
     Attributes:
         quick: the reduced suite (under a minute): shorter real-time runs, no capacity bisection and no wait sweep.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        stream_counts: the scaling curve's stream counts (512 is run only if 256 keeps up).
-        duration_s: length of each real-time run (s of stream time); ``warmup_s`` of it is not measured.
+        stream_counts: the scaling curve's stream counts (None: 1, 16, 64, 256 and, in the full run, 512; counts
+            above 256 run only if 256 keeps up).
+        duration_s: length of each real-time run (s of stream time; None: 10, quick 4); ``warmup_s`` of it
+            (None: 2, quick 1.5) is not measured.
         fs: the streams' rate (Hz); ``chunk_ms``: chunk length (ms).
         capacity_limit: the capacity search stops here.
         capacity_step: the search's resolution (streams).
@@ -110,9 +112,9 @@ class BenchSettings:
 
     quick: bool = False
     device: str = "cpu"
-    stream_counts: tuple[int, ...] = (1, 16, 64, 256, 512)
+    stream_counts: tuple[int, ...] | None = None
     duration_s: float | None = None
-    warmup_s: float = 2.0
+    warmup_s: float | None = None
     fs: float = 8000.0
     chunk_ms: float = 10.0
     capacity_limit: int = 2048
@@ -132,14 +134,16 @@ class BenchSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.quick, bool):
             raise ConfigError(f"BenchSettings.quick={self.quick!r}: must be true or false")
-        if not (self.stream_counts and all(isinstance(n, int) and n >= 1 for n in self.stream_counts)):
+        if self.stream_counts is not None and not (
+            self.stream_counts and all(isinstance(n, int) and n >= 1 for n in self.stream_counts)
+        ):
             raise ConfigError(f"BenchSettings.stream_counts={self.stream_counts!r}: give stream counts >= 1")
-        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > self.warmup_s):
-            raise ConfigError(
-                f"BenchSettings.duration_s={self.duration_s!r}: give seconds above warmup_s={self.warmup_s}"
-            )
-        if not (math.isfinite(self.warmup_s) and self.warmup_s >= 1.0):
+        if self.warmup_s is not None and not (math.isfinite(self.warmup_s) and self.warmup_s >= 1.0):
             raise ConfigError(f"BenchSettings.warmup_s={self.warmup_s!r}: give at least 1 s (the first window)")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > self.warm_s):
+            raise ConfigError(
+                f"BenchSettings.duration_s={self.duration_s!r}: give seconds above the warm-up ({self.warm_s} s)"
+            )
         if not (math.isfinite(self.fs) and self.fs > 0) or not (math.isfinite(self.chunk_ms) and self.chunk_ms > 0):
             raise ConfigError(f"BenchSettings fs={self.fs!r}, chunk_ms={self.chunk_ms!r}: give positive numbers")
         if self.capacity_limit < 1 or self.capacity_step < 1:
@@ -151,10 +155,24 @@ class BenchSettings:
 
     @property
     def run_s(self) -> float:
-        """Length of one real-time run (s)."""
+        """Length of one real-time run (s): 10 (quick: 4) unless ``duration_s`` is given."""
         if self.duration_s is not None:
             return self.duration_s
-        return 5.0 if self.quick else 10.0
+        return 4.0 if self.quick else 10.0
+
+    @property
+    def warm_s(self) -> float:
+        """The unmeasured start of each real-time run (s): 2 (quick: 1.5) unless ``warmup_s`` is given."""
+        if self.warmup_s is not None:
+            return self.warmup_s
+        return 1.5 if self.quick else 2.0
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """The scaling curve's stream counts: 1, 16, 64, 256 and (full run) 512, unless given."""
+        if self.stream_counts is not None:
+            return tuple(sorted(set(self.stream_counts)))
+        return (1, 16, 64, 256) if self.quick else (1, 16, 64, 256, 512)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -923,8 +941,11 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Run the whole suite and return the report (a JSON-serialisable dict; keys in ``docs/performance.md``)."""
     s = settings or BenchSettings()
-    say = progress or (lambda msg: None)
     t_start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(f"[{time.perf_counter() - t_start:5.1f} s] {message}")
     device = select_device(s.device)
     report: dict[str, Any] = {
         "quick": s.quick,
@@ -942,8 +963,9 @@ async def run_bench(
     report["engine_threads"] = engine_threads
 
     say("matmul")
-    report["matmul_gflops"] = measure_matmul(device, threads=all_threads)
-    report["matmul_gflops_engine_threads"] = measure_matmul(device, threads=engine_threads)
+    size, trials = (1536, 3) if s.quick else (2048, 5)
+    report["matmul_gflops"] = measure_matmul(device, size, all_threads, trials)
+    report["matmul_gflops_engine_threads"] = measure_matmul(device, size, engine_threads, trials)
     report["matmul_threads"] = all_threads
 
     say("model sweep")
@@ -974,7 +996,7 @@ async def run_bench(
     engine_settings = replace(base, max_batch=max_batch)
     if s.max_wait_ms is not None:
         engine_settings = replace(engine_settings, max_wait_ms=s.max_wait_ms)
-    bursts = tuple(n for n in s.stream_counts)
+    bursts = s.counts
     batching = await measure_batching(bundle, engine_settings, templates, bursts,
                                       backlog=512 if s.quick else 1024, single_windows=64 if s.quick else 128,
                                       trials=2 if s.quick else 3)
@@ -1002,7 +1024,7 @@ async def run_bench(
 
     async def realtime(n: int, es: EngineSettings, dashboard: bool = False, tag: str = "") -> RealtimeResult:
         say(f"real time: {n} streams (max_batch {es.max_batch}, max_wait {es.max_wait_ms:g} ms){tag}")
-        r = await run_realtime(bundle, n, es, templates, s.run_s, s.warmup_s, s.fs, s.chunk_ms, s.spread,
+        r = await run_realtime(bundle, n, es, templates, s.run_s, s.warm_s, s.fs, s.chunk_ms, s.spread,
                                measure_dashboard=dashboard)
         runs[f"{n}{tag}"] = r.as_dict()
         say(f"  -> keeps up: {r.keeps_up}; p50 {r.latency_ms_p50:.1f} ms, p99 {r.latency_ms_p99:.1f} ms, "
@@ -1026,12 +1048,12 @@ async def run_bench(
     say("scaling curve")
     scaling: list[dict[str, Any]] = []
     known: dict[int, bool] = {}
-    largest_dash = max((n for n in s.stream_counts if n <= 256), default=s.stream_counts[0])
+    largest_dash = max((n for n in s.counts if n <= 256), default=s.counts[0])
     # The peers' way under the same real-time traffic: one forward call of the model as built per window, as the
     # window falls due (the engine with max_batch=1, no wait, optimize="none"); a shorter run suffices for its cost.
     single_settings = replace(engine_settings, max_batch=1, max_wait_ms=0.0, optimize="none")
-    single_s = min(s.run_s, s.warmup_s + 3.0)
-    for n in sorted(s.stream_counts):
+    single_s = min(s.run_s, s.warm_s + (1.5 if s.quick else 3.0))
+    for n in s.counts:
         if n > 256 and not known.get(256, True):
             break  # 512 only "if reached"
         r = await realtime(n, engine_settings, dashboard=s.dashboard and n == largest_dash)
@@ -1040,7 +1062,7 @@ async def run_bench(
         if r.dashboard is not None:
             report["dashboard"] = r.dashboard
         say(f"real time: {n} streams, one call per window (model as built)")
-        one = await run_realtime(bundle, n, single_settings, templates, single_s, s.warmup_s, s.fs, s.chunk_ms,
+        one = await run_realtime(bundle, n, single_settings, templates, single_s, s.warm_s, s.fs, s.chunk_ms,
                                  s.spread)
         single_cost = one.engine_cpu_us_per_window
         cost = r.engine_cpu_us_per_window
@@ -1053,6 +1075,18 @@ async def run_bench(
     at64 = next((row for row in scaling if row["streams"] == 64), None)
     report["latency_ms_p50"] = at64["latency_ms_p50"] if at64 else math.nan
     report["latency_ms_p99"] = at64["latency_ms_p99"] if at64 else math.nan
+
+    if not s.quick and all_threads != engine_threads and 64 in s.counts:
+        # the thread setting, measured: the engine with every core against the default (a core left to the loop)
+        r = await realtime(64, replace(engine_settings, threads=all_threads), tag=f" threads={all_threads}")
+        report["threads_comparison"] = {
+            "streams": 64,
+            f"threads_{engine_threads}": {k: at64[k] for k in ("latency_ms_p50", "latency_ms_p99", "cpu")} if at64
+            else None,
+            f"threads_{all_threads}": {"latency_ms_p50": r.latency_ms_p50, "latency_ms_p99": r.latency_ms_p99,
+                                       "cpu": r.cpu, "keeps_up": r.keeps_up},
+        }
+        torch.set_num_threads(engine_threads)
 
     say("capacity")
     if s.quick:

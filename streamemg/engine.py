@@ -31,6 +31,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -244,6 +245,10 @@ class FoldedClassifier(nn.Module):
         self.embed = net.embed
         self.pool = net.pool
         self.head = net.head
+        # optional window-statistics side branch (ArchSettings.waveform_stats): run as built
+        self.stats = getattr(classifier, "stats", None)
+        self.stats_norm = getattr(net, "stats_norm", None)
+        self.stats_fc = getattr(net, "stats_fc", None)
         self.eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,6 +284,8 @@ class FoldedClassifier(nn.Module):
         b, c, n, f = h.shape
         e = torch.relu(self.embed(h.permute(0, 1, 3, 2).reshape(b, c * f, n)))  # channel index c * F' + f
         z = self.pool(e) if self.pool is not None else e.mean(dim=-1)
+        if self.stats is not None and self.stats_norm is not None and self.stats_fc is not None:
+            z = torch.cat([z, torch.relu(self.stats_fc(self.stats_norm(self.stats(x))))], dim=1)
         return self.head(z)
 
 
@@ -329,7 +336,10 @@ def optimize_model(
             for p in module.parameters():
                 p.requires_grad_(False)
             if variant == "trace":
-                with torch.no_grad():
+                # torch.jit is deprecated in favour of torch.compile/export, but measured fastest here on a CPU
+                # (docs/performance.md); if a later torch drops it, the exception below falls back to "fold".
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
                     module = torch.jit.freeze(torch.jit.trace(module, check, check_trace=False))
             with torch.inference_mode():
                 out = torch.softmax(module(check).float(), dim=-1)

@@ -33,10 +33,23 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-__all__ = ["NORMALIZE_MODES", "Delta", "FeatureSettings", "LogSpectrogram", "SpectralFeatures", "frequency_bins"]
+__all__ = [
+    "NORMALIZE_MODES",
+    "WAVEFORM_STATS_MODES",
+    "Delta",
+    "FeatureSettings",
+    "LogSpectrogram",
+    "SpectralFeatures",
+    "WaveformStats",
+    "frequency_bins",
+]
 
 #: Accepted values of :attr:`FeatureSettings.normalize`.
 NORMALIZE_MODES: tuple[str, ...] = ("none", "window")
+
+#: Accepted values of the waveform-statistics option (``ArchSettings.waveform_stats``): ``"none"`` (off),
+#: ``"shape"`` (the gain-invariant statistics only), ``"all"`` (plus three absolute-level statistics).
+WAVEFORM_STATS_MODES: tuple[str, ...] = ("none", "shape", "all")
 
 
 @dataclass(frozen=True)
@@ -250,3 +263,71 @@ class SpectralFeatures(nn.Module):
     def output_shape(self, n_samples: int) -> tuple[int, int, int]:
         """``(2, F, N)`` for windows of ``n_samples``."""
         return (2, self.n_freqs, self.settings.n_frames(n_samples))
+
+
+class WaveformStats(nn.Module):
+    """``(B, T)`` float32 µV -> ``(B, S)``: statistics of the waveform that a log-spectrogram averages away.
+
+    A power spectrum tells how much energy lies at each frequency, not how it is spread in time: a few large
+    motor-unit potentials (neurogenic: sparse, peaky, high crest factor) and many small polyphasic ones
+    (myopathic: dense, many turns) can have similar spectra. Per frame (the spectrogram's frames, ``win_length``
+    samples every ``hop_length``; each frame's mean removed) this computes the log RMS ``r``, the log
+    peak-to-peak ``p``, the log crest factor ``c = ln(max|x| / rms)``, the turns rate ``u`` (fraction of samples
+    where the slope changes sign) and the zero-crossing rate ``z``; over the whole window the log kurtosis
+    and log crest factor. The window's statistics (all dimensionless, so unchanged by the recording chain's
+    gain) are, in this order::
+
+        std_n r, mean_n c, std_n c, mean_n u, std_n u, mean_n z, std_n z, ln kurtosis, ln crest,
+        max_n r - mean_n r, mean_n (p - r)
+
+    and with ``absolute=True`` three level statistics in ln µV follow: ``mean_n r, mean_n p, max_n p``.
+    No parameters, no buffers; ``S = 11`` (or 14). Cost: a few element-wise passes over the window.
+    """
+
+    N_SHAPE = 11
+    N_ABSOLUTE = 3
+
+    def __init__(self, settings: FeatureSettings, absolute: bool = False) -> None:
+        super().__init__()
+        self.frame = int(settings.win_length)
+        self.hop = int(settings.hop_length)
+        self.absolute = bool(absolute)
+
+    @property
+    def n_stats(self) -> int:
+        """``S``: statistics per window."""
+        return self.N_SHAPE + (self.N_ABSOLUTE if self.absolute else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (B, T) µV -> (B, S)."""
+        if x.dim() != 2:
+            raise ValueError(f"WaveformStats expects (B, T), got shape {tuple(x.shape)}")
+        fr = x.unfold(1, self.frame, self.hop)  # (B, N, W) strided view
+        fr = fr - fr.mean(dim=-1, keepdim=True)
+        rms = fr.pow(2).mean(dim=-1).clamp_min(1e-6).sqrt()  # (B, N) µV
+        log_rms = torch.log(rms)
+        log_p2p = torch.log((fr.amax(dim=-1) - fr.amin(dim=-1)).clamp_min(1e-3))
+        crest = torch.log(fr.abs().amax(dim=-1).clamp_min(1e-3) / rms)
+        d = fr[..., 1:] - fr[..., :-1]
+        turns = ((d[..., 1:] * d[..., :-1]) < 0).to(x.dtype).mean(dim=-1)
+        zc = ((fr[..., 1:] * fr[..., :-1]) < 0).to(x.dtype).mean(dim=-1)
+        xc = x - x.mean(dim=1, keepdim=True)
+        var = xc.pow(2).mean(dim=1).clamp_min(1e-6)
+        kurt = torch.log(xc.pow(4).mean(dim=1).clamp_min(1e-12) / var.pow(2))
+        wcrest = torch.log(xc.abs().amax(dim=1).clamp_min(1e-3) / var.sqrt())
+        stats = [
+            log_rms.std(dim=1),
+            crest.mean(dim=1),
+            crest.std(dim=1),
+            turns.mean(dim=1),
+            turns.std(dim=1),
+            zc.mean(dim=1),
+            zc.std(dim=1),
+            kurt,
+            wcrest,
+            log_rms.amax(dim=1) - log_rms.mean(dim=1),
+            (log_p2p - log_rms).mean(dim=1),
+        ]
+        if self.absolute:
+            stats += [log_rms.mean(dim=1), log_p2p.mean(dim=1), log_p2p.amax(dim=1)]
+        return torch.stack(stats, dim=1)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .dsp import FilterSettings
 from .errors import ConfigError, ModelError
-from .features import FeatureSettings, LogSpectrogram, SpectralFeatures
+from .features import WAVEFORM_STATS_MODES, FeatureSettings, LogSpectrogram, SpectralFeatures, WaveformStats
 from .types import CLASS_NAMES
 
 __all__ = [
@@ -75,6 +75,12 @@ class ArchSettings:
         se_reduction: channel reduction factor inside squeeze-excitation.
         attention_hidden: hidden width of the frame-scoring MLP.
         dropout: dropout probability before the classification layer (training only).
+        waveform_stats: ``"none"`` (default; the network sees only the spectrogram planes), ``"shape"`` or
+            ``"all"``: a side branch of window statistics of the waveform (:class:`WaveformStats`: temporal
+            sparsity, crest factor, turns and zero-crossing rates; ``"all"`` adds three absolute-level ones),
+            batch-normalised and mapped to ``stats_dim`` features by one linear layer + ReLU, concatenated with
+            the pooled embedding before the classification layer.
+        stats_dim: width of that side branch (ignored when ``waveform_stats == "none"``).
     """
 
     channels: tuple[int, ...] = (16, 24, 32)
@@ -84,6 +90,8 @@ class ArchSettings:
     se_reduction: int = 4
     attention_hidden: int = 32
     dropout: float = 0.2
+    waveform_stats: str = "none"
+    stats_dim: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, list):
@@ -99,7 +107,7 @@ class ArchSettings:
             )
         if not (_is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1):
             raise ConfigError(f"ArchSettings.kernel_size={self.kernel_size!r}: use an odd integer >= 1, e.g. 3")
-        for name in ("embed_dim", "se_reduction", "attention_hidden"):
+        for name in ("embed_dim", "se_reduction", "attention_hidden", "stats_dim"):
             v = getattr(self, name)
             if not (_is_int(v) and v >= 1):
                 raise ConfigError(f"ArchSettings.{name}={v!r}: must be an integer >= 1")
@@ -107,6 +115,10 @@ class ArchSettings:
             raise ConfigError(f"ArchSettings.attention={self.attention!r}: must be true or false")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"ArchSettings.dropout={self.dropout!r}: must be a probability in [0, 1)")
+        if self.waveform_stats not in WAVEFORM_STATS_MODES:
+            raise ConfigError(
+                f"ArchSettings.waveform_stats={self.waveform_stats!r}: use one of {', '.join(WAVEFORM_STATS_MODES)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -268,9 +280,13 @@ class AttentionPool(nn.Module):
 
 
 class SpectroEMGNet(nn.Module):
-    """``(B, 2, F, N)`` features -> ``(B, K)`` logits. ``F`` is fixed at construction; any ``N >= 1`` works."""
+    """``(B, 2, F, N)`` features [+ ``(B, S)`` window statistics] -> ``(B, K)`` logits.
 
-    def __init__(self, n_freqs: int, n_classes: int, arch: ArchSettings | None = None) -> None:
+    ``F`` is fixed at construction; any ``N >= 1`` works. ``n_stats > 0`` adds the statistics side branch
+    (``forward(x, stats)``); with ``n_stats == 0`` the parameters are exactly those of earlier bundles.
+    """
+
+    def __init__(self, n_freqs: int, n_classes: int, arch: ArchSettings | None = None, n_stats: int = 0) -> None:
         super().__init__()
         arch = arch or ArchSettings()
         self.arch = arch
@@ -286,16 +302,28 @@ class SpectroEMGNet(nn.Module):
         self.embed = nn.Conv1d(c_in * f, arch.embed_dim, 1)
         self.pool: nn.Module | None = AttentionPool(arch.embed_dim, arch.attention_hidden) if arch.attention else None
         self.dropout = nn.Dropout(arch.dropout)
-        self.head = nn.Linear(arch.embed_dim, n_classes)
+        self.n_stats = int(n_stats)
+        self.stats_norm: nn.Module | None = nn.BatchNorm1d(n_stats) if n_stats else None
+        self.stats_fc: nn.Module | None = nn.Linear(n_stats, arch.stats_dim) if n_stats else None
+        self.head = nn.Linear(arch.embed_dim + (arch.stats_dim if n_stats else 0), n_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, stats: Tensor | None = None) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 2 or x.shape[2] != self.n_freqs:
             raise ValueError(f"SpectroEMGNet expects (B, 2, {self.n_freqs}, N), got {tuple(x.shape)}")
+        if (stats is None) != (self.n_stats == 0) or (stats is not None and stats.shape[1:] != (self.n_stats,)):
+            got = None if stats is None else tuple(stats.shape)
+            raise ValueError(f"SpectroEMGNet built for {self.n_stats} window statistics, got stats {got}")
         x = self.blocks(self.input_norm(x))  # (B, C, F', N')
         b, c, f, n = x.shape
         h = torch.relu(self.embed(x.reshape(b, c * f, n)))  # (B, E, N')
         z = self.pool(h) if self.pool is not None else h.mean(dim=-1)
-        return self.head(self.dropout(z))
+        return self.head(self.dropout(self.with_stats(z, stats)))
+
+    def with_stats(self, z: Tensor, stats: Tensor | None) -> Tensor:
+        """``(B, E)`` pooled embedding -> ``(B, E [+ stats_dim])``: appends the statistics branch if built."""
+        if self.stats_norm is None or self.stats_fc is None or stats is None:
+            return z
+        return torch.cat([z, torch.relu(self.stats_fc(self.stats_norm(stats)))], dim=1)
 
 
 class Classifier(nn.Module):
@@ -305,10 +333,15 @@ class Classifier(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         self.features = SpectralFeatures(self.config.features)
-        self.net = SpectroEMGNet(self.features.n_freqs, self.config.n_classes, self.config.arch)
+        mode = self.config.arch.waveform_stats
+        self.stats: WaveformStats | None = (
+            WaveformStats(self.config.features, absolute=mode == "all") if mode != "none" else None
+        )
+        n_stats = self.stats.n_stats if self.stats is not None else 0
+        self.net = SpectroEMGNet(self.features.n_freqs, self.config.n_classes, self.config.arch, n_stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.features(x))
+        return self.net(self.features(x), self.stats(x) if self.stats is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- bundle

@@ -128,8 +128,8 @@ async def endless(i: int, pools: list[np.ndarray], pushed: list[int]) -> AsyncIt
     offsets = np.arange(CHUNK, dtype=np.float64) / FS
     for k in range(total):
         start = (i * 7919 + k * CHUNK) % n_pool
+        pushed[i] += CHUNK  # counted before the yield: the consumer may stop right after taking it
         yield Chunk(sid, pool[start : start + CHUNK], offsets + k * CHUNK / FS, k)
-        pushed[i] += CHUNK
         await asyncio.sleep(0)
 
 
