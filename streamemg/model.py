@@ -351,8 +351,11 @@ def _plain(value: Any, where: str) -> Any:
     """Convert to the plain types that ``torch.load(weights_only=True)`` accepts (numpy -> python)."""
     if isinstance(value, np.generic):  # before the float check: np.float64 subclasses float
         return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if value is None:
+        return None
+    for plain in (bool, int, float, str):  # bool first: it subclasses int
+        if isinstance(value, plain):
+            return plain(value)  # subclasses (e.g. torch's version string) become the plain type
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Mapping):
