@@ -22,6 +22,7 @@ import functools
 import importlib
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ def import_pylsl() -> ModuleType:
     global _pylsl
     if _pylsl is not None:
         return _pylsl
+    apply_scope_policy()
     try:
         module = importlib.import_module("pylsl")
         module.local_clock()  # proves that the native library is usable
@@ -69,6 +71,22 @@ def import_pylsl() -> ModuleType:
         ) from exc
     _pylsl = module
     return module
+
+
+def apply_scope_policy() -> None:
+    """Confine LSL to this machine unless the user asked for more.
+
+    liblsl reads its configuration once, before the first LSL object. streamemg keeps discovery on the
+    loopback interface by default; ``LSLAPICFG`` (your own liblsl configuration) or ``STREAMEMG_LSL_SCOPE=lan``
+    (liblsl's defaults: discovery on the local network) opt out, for amplifiers on other machines.
+    """
+    if os.environ.get("LSLAPICFG"):
+        return
+    if os.environ.get("STREAMEMG_LSL_SCOPE", "machine").lower() in ("lan", "site", "default"):
+        return
+    from .lslconfig import configure_machine_scope
+
+    configure_machine_scope()
 
 
 def lsl_available() -> bool:
