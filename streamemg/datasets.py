@@ -156,12 +156,13 @@ class RecordingRef:
     def load(self, trim: bool = True) -> Recording:
         """Read the samples (µV, ``(n, 1)`` float32); ``trim`` keeps only the usable range (A08's tail)."""
         rec = read_recording(self.path, fs=self.fs)
-        if rec.n_samples != self.n_samples:
+        on_disk = int(rec.meta.get("trimmed_from", rec.n_samples))  # the reader drops known stale tails itself
+        if on_disk != self.n_samples:
             raise DataFormatError(
-                f"{self.path}: holds {rec.n_samples} samples, the manifest says {self.n_samples}; "
+                f"{self.path}: holds {on_disk} samples, the manifest says {self.n_samples}; "
                 "the file is not the one the manifest describes"
             )
-        if not trim or self.usable == (0, self.n_samples):
+        if not trim or self.usable == (0, self.n_samples) or self.usable == (0, rec.n_samples):
             return rec
         start, stop = self.usable
         meta = dict(rec.meta)

@@ -42,7 +42,7 @@ from torch import nn
 
 from .clock import Clock, monotonic
 from .errors import ConfigError, InferenceError
-from .model import ModelBundle
+from .model import Classifier, ConvBlock, ModelBundle, SqueezeExcitation
 from .types import Window
 
 __all__ = [
@@ -95,8 +95,8 @@ class EngineSettings:
             warm-up. Ignored on a CPU.
     """
 
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_batch: int = 64  # measured: the best windows/s of the model sweep (docs/performance.md)
+    max_wait_ms: float = 10.0  # measured: lowest p99 and CPU at 256 live streams of the 1/5/10/20 ms sweep
     device: str = "auto"
     threads: int | None = None
     queue_size: int = 4096
@@ -201,14 +201,16 @@ class FoldedClassifier(nn.Module):
       scalars; every conv's batch norm is folded into its weights and bias; ReLUs run in place.
     """
 
-    def __init__(self, classifier: nn.Module, window_samples: int) -> None:
+    dft: torch.Tensor
+
+    def __init__(self, classifier: Classifier, window_samples: int) -> None:
         super().__init__()
         feats, net = classifier.features, classifier.net
         s = feats.settings
-        hop, win = s.hop_length, s.win_length
+        hop, win = int(s.hop_length), int(s.win_length)
         self.hop = hop
         self.win = win
-        self.n_freqs = feats.n_freqs
+        self.n_freqs = int(feats.n_freqs)
         self.n_frames = s.n_frames(window_samples)
         self.whole = win % hop == 0  # frames are whole numbers of blocks
         self.r = win // hop if self.whole else 1
@@ -226,29 +228,36 @@ class FoldedClassifier(nn.Module):
         self.delta_norm = float(feats.delta.norm)
         self.a0, self.b0 = float(scale[0]), float(shift[0])
         self.a1, self.b1 = float(scale[1]) / self.delta_norm, float(shift[1])
-        convs, excite = [], []
+        convs: list[nn.Module] = []
+        excite: list[nn.Module] = []
+        has_se: list[bool] = []
         for block in net.blocks:
+            assert isinstance(block, ConvBlock)
             conv, (bn_scale, bn_shift) = block.conv, _fold_bn(block.bn)
-            folded = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
-            )
+            kh, kw = conv.kernel_size[0], conv.kernel_size[-1]
+            sh, sw = conv.stride[0], conv.stride[-1]
+            padding = conv.padding if isinstance(conv.padding, str) else (conv.padding[-1], conv.padding[0])
+            # (N, F) layout: kernel, stride and padding swap their two axes (equal for the model's square ones)
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, (kw, kh), (sw, sh), padding, bias=True)
             with torch.no_grad():
                 w = conv.weight.detach() * bn_scale[:, None, None, None]
                 folded.weight.copy_(w.transpose(2, 3))  # kernels over (N, F) instead of (F, N)
                 b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn_shift)
+                assert folded.bias is not None
                 folded.bias.copy_(b * bn_scale + bn_shift)
             convs.append(folded)
             excite.append(block.se if block.se is not None else nn.Identity())
+            has_se.append(block.se is not None)
         self.convs = nn.ModuleList(convs)
         self.excite = nn.ModuleList(excite)
-        self.has_se = tuple(block.se is not None for block in net.blocks)
+        self.has_se = tuple(has_se)
         self.embed = net.embed
         self.pool = net.pool
         self.head = net.head
-        # optional window-statistics side branch (ArchSettings.waveform_stats): run as built
-        self.stats = getattr(classifier, "stats", None)
-        self.stats_norm = getattr(net, "stats_norm", None)
-        self.stats_fc = getattr(net, "stats_fc", None)
+        # the optional window-statistics side branch (ArchSettings.waveform_stats), run as built
+        self.stats: nn.Module | None = getattr(classifier, "stats", None)
+        self.stats_norm: nn.Module | None = getattr(net, "stats_norm", None)
+        self.stats_fc: nn.Module | None = getattr(net, "stats_fc", None)
         self.eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,6 +288,7 @@ class FoldedClassifier(nn.Module):
         for conv, se, has_se in zip(self.convs, self.excite, self.has_se, strict=True):
             h = torch.relu_(conv(h))
             if has_se:
+                assert isinstance(se, SqueezeExcitation)
                 s = torch.sigmoid(se.fc2(torch.relu(se.fc1(h.mean(dim=(2, 3))))))
                 h = h * s[:, :, None, None]
         b, c, n, f = h.shape
@@ -321,7 +331,7 @@ def optimize_model(
     model = model.to(device).eval()
     if mode == "auto":
         mode = "fold" if device.type == "cuda" else "trace"
-    if mode == "none" or not (hasattr(model, "features") and hasattr(model, "net")):
+    if mode == "none" or not isinstance(model, Classifier):
         return OptimizedModel(model, "none", 0.0, "" if mode == "none" else "not a Classifier: run as given")
     gen = torch.Generator().manual_seed(1234)
     check = (torch.randn(3, window_samples, generator=gen) * 50.0).to(device)

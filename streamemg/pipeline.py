@@ -593,14 +593,14 @@ class Pipeline:
         state.status_detail = event.detail
         state.dropped_samples += event.dropped_samples
 
-    def _ingest(self, chunk: Chunk) -> tuple[StreamState | None, list[Window]]:
-        """Ingest one chunk into its stream's state; ``(state or None, windows that became due)``."""
+    def _ingest(self, chunk: Chunk, arrival: float) -> tuple[StreamState | None, list[Window]]:
+        """Ingest one chunk (arrived at ``arrival``, clock s); ``(state or None, windows that became due)``."""
         state = self.streams.get(chunk.stream_id)
         if state is None:
             return None, []  # refused stream or data before its announcement
         state.accepted = False
         try:
-            windows = state.ingest(chunk, self.clock())
+            windows = state.ingest(chunk, arrival)
         except StreamEMGError as exc:
             self._error(str(exc))
             return None, []
@@ -612,23 +612,24 @@ class Pipeline:
     def _on_live_chunk(self, chunk: Chunk) -> float:
         """A live source's chunk: ingest, and queue due windows without waiting (a full queue drops and counts).
 
-        Returns the clock time at the end (for the caller's yield check).
+        Returns the chunk's arrival time (pipeline clock, s), for the caller's yield check.
         """
-        state, windows = self._ingest(chunk)
+        arrival = self.clock()
+        state, windows = self._ingest(chunk, arrival)
         if windows:
             engine = self.engine
             assert engine is not None and state is not None
             for w in windows:
                 if not engine.submit_nowait(w):
                     state.dropped_windows += 1
-        return self.clock()
+        return arrival
 
     async def _on_chunk(self, chunk: Chunk, source: Source) -> None:
         """Any source's chunk; an offline source's windows wait for queue space (back-pressure)."""
         if source.realtime:
             self._on_live_chunk(chunk)
             return
-        _, windows = self._ingest(chunk)
+        _, windows = self._ingest(chunk, self.clock())
         engine = self.engine
         assert engine is not None
         for w in windows:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -43,7 +43,7 @@ from streamemg.features import FeatureSettings
 from streamemg.model import ArchSettings, ModelConfig, untrained_bundle
 from streamemg.pipeline import Pipeline, PipelineSettings, StreamState
 from streamemg.sources.memory import MemorySource
-from streamemg.types import Chunk, StreamInfo, Window
+from streamemg.types import Chunk, SourceItem, StreamInfo, Window
 
 T = 1000  # 125 ms windows at 8 kHz keep everything fast
 SMALL = ModelConfig(window_samples=T, hop_samples=250)
@@ -65,6 +65,7 @@ def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.weight.copy_(torch.randn(m.num_features, generator=gen) * 0.5 + 1.0)
@@ -83,8 +84,9 @@ def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
         # a frame that is not a whole number of hops (unfolded frames), and n_fft > win_length
         ModelConfig(window_samples=T, hop_samples=250, features=FeatureSettings(n_fft=256, win_length=200,
                                                                                 hop_length=96)),
+        ModelConfig(window_samples=T, hop_samples=250, arch=ArchSettings(waveform_stats="all")),
     ],
-    ids=["default", "no-attention", "window-normalised", "odd-frames"],
+    ids=["default", "no-attention", "window-normalised", "odd-frames", "waveform-stats"],
 )
 def test_folded_classifier_equals_the_classifier(config: ModelConfig) -> None:
     model = untrained_bundle(config, seed=1).build()
@@ -148,7 +150,7 @@ class FakeCapture:
         self.captured: list[int] = []
         self.seen_inputs: list[torch.Tensor] = []
 
-    def __call__(self, bucket: int) -> tuple[torch.Tensor, object, torch.Tensor]:
+    def __call__(self, bucket: int) -> tuple[torch.Tensor, Callable[[], None], torch.Tensor]:
         if bucket in self.fail:
             raise RuntimeError("capture failed")
         self.captured.append(bucket)
@@ -266,7 +268,7 @@ def test_level_bins_are_exact_and_skip_non_finite(bundle) -> None:
     assert all(v == pytest.approx(30.0, rel=1e-5) for v in levels[1:])
 
 
-async def _flood(n_chunks: int) -> AsyncIterator[object]:
+async def _flood(n_chunks: int) -> AsyncIterator[SourceItem]:
     """A live source that never suspends (a transport delivering a backlog at once)."""
     yield StreamInfo("f", "f", 8000.0, ("c",))
     x = (np.random.default_rng(0).standard_normal((n_chunks * 80, 1)) * 50).astype(np.float32)
@@ -281,7 +283,8 @@ async def test_a_flooding_live_source_does_not_starve_the_engine(bundle, monkeyp
     async def run() -> tuple[int, int]:
         got: list[object] = []
         p = Pipeline([MemorySource(_flood(n_chunks), realtime=True)], [], bundle=bundle,
-                     engine_settings=EngineSettings(device="cpu", queue_size=32), on_estimate=got.append)
+                     engine_settings=EngineSettings(device="cpu", queue_size=32, max_batch=16, max_wait_ms=2.0),
+                     on_estimate=got.append)
         await asyncio.wait_for(p.run(), 60)
         assert p.engine is not None
         assert len(got) + p.engine.stats.dropped == (n_chunks * 80 - T) // 250 + 1  # every window accounted for
@@ -289,7 +292,7 @@ async def test_a_flooding_live_source_does_not_starve_the_engine(bundle, monkeyp
 
     classified, batches = await run()
     # the engine's worker got turns during the flood: far more than one queue-full of windows was classified
-    assert classified > 3 * 32 and batches > 3
+    assert classified > 2 * 32 and batches > 2
     monkeypatch.setattr(pipeline_mod, "_MAX_HOLD_S", 1e9)  # without the periodic turn: starved until the end
     starved, _ = await run()
     assert starved <= 32 + 1 < classified

@@ -121,6 +121,4 @@ def test_engine_fast_path_keeps_the_stats_branch(mode: str) -> None:
     assert opt.mode == mode, opt.note
     x = noise(3, 4000, seed=5) + spikes(4000, 500)
     with torch.inference_mode():
-        torch.testing.assert_close(
-            torch.softmax(opt.module(x), -1), torch.softmax(clf(x), -1), atol=1e-4, rtol=1e-4
-        )
+        torch.testing.assert_close(torch.softmax(opt.module(x), -1), torch.softmax(clf(x), -1), atol=1e-4, rtol=1e-4)

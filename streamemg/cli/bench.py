@@ -139,22 +139,23 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(head)
 
     curve = Table(title="scaling (whole pipeline, real time)")
-    for col in ("streams", "keeps up", "p50 ms", "p99 ms", "cpu cores", "loop cpu", "batch mean", "note"):
+    for col in ("streams", "keeps up", "p50 ms", "p99 ms", "cpu cores", "loop cpu", "batch mean", "batched vs single",
+                "note"):
         curve.add_column(col, justify="right" if col not in ("note",) else "left")
     for row in report.get("scaling", []):
         curve.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row["latency_ms_p50"]),
                       _fmt(row["latency_ms_p99"]), _fmt(row["cpu"], 2), _fmt(row["loop_cpu"], 2),
-                      _fmt(row["batch_mean"]), row.get("reason", ""))
+                      _fmt(row["batch_mean"]), _fmt(row.get("batched_vs_single"), 2), row.get("reason", ""))
     console.print(curve)
 
     by = report.get("batched_vs_single_by_streams") or {}
     if by:
-        t = Table(title="a hop's burst of windows: engine vs one call per window")
-        for col in ("streams", "engine ms", "single ms", "batched vs single", "batching alone"):
+        t = Table(title="a burst of N windows: engine vs one call per window (CPU time)")
+        for col in ("N", "engine cpu ms", "engine wall ms", "single cpu ms", "batched vs single", "batching alone"):
             t.add_column(col, justify="right")
         for n, row in by.items():
-            t.add_row(n, _fmt(row["engine_ms"], 2), _fmt(row["single_ms"], 2), _fmt(row["batched_vs_single"], 2),
-                      _fmt(row["batching_gain"], 2))
+            t.add_row(n, _fmt(row["engine_cpu_ms"], 2), _fmt(row["engine_wall_ms"], 2), _fmt(row["single_cpu_ms"], 2),
+                      _fmt(row["batched_vs_single"], 2), _fmt(row["batching_gain"], 2))
         console.print(t)
 
     for name in ("lsl", "mqtt", "dashboard"):
