@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 
@@ -69,7 +69,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
         expected = RUN_KEYS[key]
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"config file {p}: run.{key} = {value!r} has the wrong type")
-        if key in ("sources", "outputs") and not all(isinstance(v, str) for v in value):
+        if key in ("sources", "outputs") and not all(isinstance(v, str) for v in cast(list[Any], value)):
             raise ConfigError(f"config file {p}: run.{key} must be a list of strings (URIs)")
     return {k: dict(v) for k, v in raw.items()}
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataFormatError
-from .recordings import Recording, read_recording
+from .recordings import KNOWN_STALE_TAILS, Recording, read_recording
 from .types import CLASS_NAMES
 
 __all__ = [
@@ -236,8 +236,9 @@ def read_emglab(folder: Path) -> list[RecordingRef]:
             continue
         n = int(_need(row, "n_samples_header", manifest))
         usable = int(row.get("usable_samples") or n)
-        if record.startswith("N2001A08"):
-            usable = min(usable, 240000)  # PROVENANCE: A08 tail is stale buffer content
+        for prefix, keep in KNOWN_STALE_TAILS.items():  # PROVENANCE: A08's tail is stale buffer content
+            if record.startswith(prefix):
+                usable = min(usable, keep)
         cls = _need(row, "cls", manifest)
         refs.append(
             RecordingRef(

@@ -187,7 +187,7 @@ def subject_level(
         y_true[valid],
         nan_safe_argmax(p[valid]),
         p[valid],
-        [k for k, v in zip(keys, valid.tolist(), strict=True) if v],
+        [k for k, v in zip(keys, np.asarray(valid, dtype=bool).tolist(), strict=True) if v],
     )
 
 

@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -445,7 +446,7 @@ class Pipeline:
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._stop.wait(), name="stop-request"),
                 ]
-                ends: set[asyncio.Future[object]] = {helpers[1]}
+                ends: set[asyncio.Future[Any]] = {helpers[1]}
                 if source_tasks:
                     ends.add(asyncio.gather(*source_tasks, return_exceptions=True))
                 await asyncio.wait(ends, timeout=duration, return_when=asyncio.FIRST_COMPLETED)

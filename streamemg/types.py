@@ -27,7 +27,7 @@ FloatArray = npt.NDArray[np.float32]
 TimeArray = npt.NDArray[np.float64]
 
 
-class StreamStatus(str, enum.Enum):
+class StreamStatus(enum.StrEnum):
     """Liveness of one stream, as shown on the dashboard."""
 
     CONNECTING = "connecting"
@@ -186,7 +186,8 @@ class Estimate:
         """The JSON form used by ``--no-dashboard``, the JSON-lines sink and MQTT."""
 
         def probs(p: tuple[float, ...]) -> dict[str, float | None]:
-            return {c: (None if not math.isfinite(v) else round(float(v), 6)) for c, v in zip(CLASS_NAMES, p)}
+            pairs = zip(CLASS_NAMES, p, strict=True)
+            return {c: (None if not math.isfinite(v) else round(float(v), 6)) for c, v in pairs}
 
         return {
             "stream": self.stream_id,

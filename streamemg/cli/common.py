@@ -177,8 +177,8 @@ async def execute(
         else:
             await pipeline.run(duration=plan.duration)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
     return pipeline
 
 
