@@ -95,8 +95,11 @@ class EngineSettings:
             warm-up. Ignored on a CPU.
     """
 
-    max_batch: int = 64  # measured: the best windows/s of the model sweep (docs/performance.md)
-    max_wait_ms: float = 10.0  # measured: lowest p99 and CPU at 256 live streams of the 1/5/10/20 ms sweep
+    # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
+    # batches spill out of cache); in three 1/5/10/20 ms sweeps at 256 live streams under different machine load,
+    # 5 ms was never more than a few ms of p99 from the best, while 20 ms was always the worst.
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
     device: str = "auto"
     threads: int | None = None
     queue_size: int = 4096
