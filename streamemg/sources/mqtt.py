@@ -309,6 +309,9 @@ class MqttSourceSettings:
             means the device restarted.
         max_gap_s: a forward seq jump implying more lost data than this (seconds) is a restart, not a gap.
         backoff_initial_s, backoff_max_s: reconnection delays (doubling, ±20 % jitter).
+        start_timeout_s: a broker that is down when the source starts is retried with the same backoff (and a
+            warning each time) for this long before BrokerError; None = keep trying until stopped, 0 = fail at
+            once (a typo in the address is then seen immediately).
         malformed_log_interval_s: at most one warning per device per this many seconds about rejected messages.
         max_devices: devices tracked at most (protects memory from a flood of device ids); others are ignored.
         limits: protocol limits (sizes, rate, non-finite policy).
@@ -324,6 +327,7 @@ class MqttSourceSettings:
     max_gap_s: float = 3600.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 5.0
+    start_timeout_s: float | None = None
     malformed_log_interval_s: float = 10.0
     max_devices: int = 10000
     limits: ProtocolLimits = DEFAULT_LIMITS
@@ -363,6 +367,10 @@ class MqttSourceSettings:
                 f"MqttSourceSettings.backoff_initial_s={self.backoff_initial_s!r}, backoff_max_s="
                 f"{self.backoff_max_s!r}: need 0 < initial <= max"
             )
+        if self.start_timeout_s is not None and not self.start_timeout_s >= 0:
+            raise ConfigError(
+                f"MqttSourceSettings.start_timeout_s={self.start_timeout_s!r}: give seconds >= 0 (0 = fail at once)"
+            )
         if not self.malformed_log_interval_s >= 0:
             raise ConfigError(
                 f"MqttSourceSettings.malformed_log_interval_s={self.malformed_log_interval_s!r}: give >= 0 seconds"
@@ -378,14 +386,15 @@ class MqttSourceSettings:
         return [(f"{self.topic_filter}/meta", 1), (f"{self.topic_filter}/status", 1), (data, self.qos)]
 
 
-_SOURCE_PARAMS = ("shard", "share", "qos", "queue", "non_finite", "reorder_window")
+_SOURCE_PARAMS = ("shard", "share", "qos", "queue", "non_finite", "reorder_window", "start_timeout")
 
 
 def from_uri(uri: str, clock: Clock = monotonic) -> MqttSource:
     """Create (not yet enter) an MQTT source from ``mqtt[s]://[user[:password]@]host[:port]/<filter>[?...]``.
 
     Query parameters: ``shard=K/N``, ``share=GROUP``, ``qos=0|1``, ``queue=N`` (messages buffered),
-    ``non_finite=flag|reject``, ``reorder_window=N``, ``client_id=ID``, ``keepalive=S``, and for mqtts:
+    ``non_finite=flag|reject``, ``reorder_window=N``, ``start_timeout=S`` (how long a broker that is down at
+    start is retried; default: until stopped; 0: fail at once), ``client_id=ID``, ``keepalive=S``, and for mqtts:
     ``ca=FILE``, ``cert=FILE``, ``key=FILE``, ``insecure=0|1``.
     """
     connection, path, params = parse_broker_uri(uri, "source")
@@ -412,6 +421,7 @@ def from_uri(uri: str, clock: Clock = monotonic) -> MqttSource:
             qos=int(params.get("qos", "1")),
             queue_size=int(params.get("queue", "20000")),
             reorder_window=int(params.get("reorder_window", "64")),
+            start_timeout_s=float(params["start_timeout"]) if params.get("start_timeout") else None,
             limits=limits,
         )
     except (ConfigError, ValueError) as exc:
@@ -589,13 +599,31 @@ class MqttSource:
         self._closing = False
         self._closed.clear()
         self._iterator = None
-        try:
-            self._client = await self._connect()
-        except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
-            raise BrokerError(
-                f"could not connect to the MQTT broker at {self.settings.connection.display()}: {exc}. "
-                "Is it running and reachable? (For a local one: `streamemg broker`, or install mosquitto.)"
-            ) from exc
+        s = self.settings
+        started = self.clock()
+        delays = backoff_delays(s.backoff_initial_s, s.backoff_max_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._client = await self._connect()
+                break
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                delay = next(delays)
+                waited = self.clock() - started
+                if s.start_timeout_s is not None and waited + delay > s.start_timeout_s:
+                    raise BrokerError(
+                        f"could not connect to the MQTT broker at {s.connection.display()}: {exc} "
+                        f"({attempts} attempt(s) in {waited:.1f} s). Is it running and reachable? "
+                        "(For a local one: `streamemg broker`, or install mosquitto.)"
+                    ) from exc
+                log.warning(
+                    "MQTT broker %s is not reachable (%s); retrying in %.1f s (attempt %d)",
+                    s.connection.display(), exc, delay, attempts,
+                )
+                await asyncio.sleep(delay)
+        if attempts > 1:
+            log.warning("MQTT broker %s reached after %d attempts", s.connection.display(), attempts)
         return self
 
     async def __aexit__(

@@ -164,10 +164,40 @@ async def test_two_shard_workers_split_ten_devices_exactly(mosquitto: Mosquitto,
 async def test_unreachable_broker_fails_fast_with_advice(prefix: str) -> None:
     from mqtt_support import free_port
 
-    source = from_uri(f"mqtt://127.0.0.1:{free_port()}/{prefix}/+")
+    source = from_uri(f"mqtt://127.0.0.1:{free_port()}/{prefix}/+?start_timeout=0")
     with pytest.raises(BrokerError, match="could not connect"):
         await source.__aenter__()
     await source.__aexit__(None, None, None)  # idempotent
+    # with a start timeout it retries with backoff first, then gives up with the same advice
+    source = from_uri(f"mqtt://127.0.0.1:{free_port()}/{prefix}/+?start_timeout=1")
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(BrokerError, match=r"attempt\(s\) in"):
+        await source.__aenter__()
+    assert 0.3 < asyncio.get_running_loop().time() - t0 < 3.0
+
+
+async def test_broker_down_at_start_is_retried_with_backoff_and_said(
+    tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Mosquitto(tmp_path)  # not started yet
+    source = from_uri(f"{broker.url}/{prefix}/+")
+    entering = asyncio.create_task(source.__aenter__())
+    try:
+        await wait_until(lambda: "not reachable" in caplog.text and "retrying" in caplog.text, 10)
+        assert not entering.done()
+        await asyncio.to_thread(broker.start)
+        await asyncio.wait_for(entering, 15)  # connected on a later attempt
+        assert "reached after" in caplog.text
+        fleet = FleetSettings(broker=broker.url, devices=1, fs=4000.0, chunk_ms=25.0, duration=0.5, prefix=prefix)
+        col = Collector(source).start()
+        await asyncio.wait_for(run_fleet(fleet, quiet=True), 10)
+        await wait_until(lambda: sum(c.n_samples for c in col.of(Chunk, "mqtt:dev01")) == 2000)
+        await col.stop()
+    finally:
+        entering.cancel()
+        await asyncio.gather(entering, return_exceptions=True)
+        await source.__aexit__(None, None, None)
+        broker.stop()
 
 
 async def test_simulated_devices_publish_meta_status_and_data(mosquitto: Mosquitto, prefix: str) -> None:
