@@ -114,12 +114,31 @@ class TLSSettings:
                 raise ConfigError(f"TLS {name}={path!r}: no such file; give the path of a PEM file")
         if (self.cert is None) != (self.key is None) and self.cert is None:
             raise ConfigError("TLS key given without cert: give both cert= and key= for a client certificate")
+        self.context()  # a bad file is a configuration error, found now, not a broker that seems unreachable
 
     def context(self) -> ssl.SSLContext:
-        """Build the SSL context (reads the files: call it off the event loop)."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
-        if self.cert is not None:
-            ctx.load_cert_chain(self.cert, self.key)
+        """Build the SSL context (reads the files: call it off the event loop).
+
+        Raises:
+            ConfigError: a CA, certificate or key file is not valid PEM, the key does not match the certificate,
+                or the key is protected by a passphrase (streamemg never prompts for one).
+        """
+
+        def no_passphrase() -> str:
+            raise ConfigError(
+                f"TLS key={self.key!r} is protected by a passphrase; streamemg does not prompt for one: give an "
+                "unencrypted key file readable only by the service account"
+            )
+
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+            if self.cert is not None:
+                ctx.load_cert_chain(self.cert, self.key, password=no_passphrase)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"TLS files ca={self.ca!r} cert={self.cert!r} key={self.key!r} could not be loaded: {exc}; check that "
+                "they are PEM files and that the key belongs to the certificate"
+            ) from exc
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -997,13 +1016,51 @@ async def publish_within(
 
 
 async def connect_within(client: aiomqtt.Client, limit_s: float) -> None:
-    """Enter (connect) an aiomqtt client within ``limit_s`` seconds; a timeout raises ``aiomqtt.MqttError``."""
+    """Enter (connect) an aiomqtt client within ``limit_s`` seconds; a timeout raises ``aiomqtt.MqttError``.
+
+    A connection the broker closes before its CONNACK fails at once rather than after the whole timeout.
+    """
+    restore = _fail_connect_on_early_close(client)
     try:
-        async with asyncio.timeout(limit_s):
-            await client.__aenter__()
+        try:
+            async with asyncio.timeout(limit_s):
+                await client.__aenter__()
+        finally:
+            restore()
     except TimeoutError:
         await disconnect_quietly(client, 1.0)
         raise aiomqtt.MqttError(f"no answer within {limit_s:g} s") from None
+
+
+def _fail_connect_on_early_close(client: aiomqtt.Client) -> Callable[[], None]:
+    """Make a connection closed before CONNACK fail the pending connect at once; returns the undo.
+
+    aiomqtt ignores a disconnection that comes before the CONNACK and waits for its whole timeout. That is
+    how a broker refuses a TLS client certificate under TLS 1.3 (the alert arrives after the client's side
+    of the handshake is done), so a rejected or missing client certificate would otherwise show up only as
+    "Operation timed out" after ``timeout_s``. (paho logs the TLS alert itself at ERROR.)
+    """
+    paho = getattr(client, "_client", None)
+    if paho is None or not isinstance(getattr(client, "_connected", None), asyncio.Future):
+        return lambda: None
+    previous = paho.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        pending = client._connected
+        if not pending.done():
+            pending.set_exception(aiomqtt.MqttError(
+                "the broker closed the connection before accepting it (for mqtts: does the broker trust this "
+                "client's certificate, cert=/key=, and is one given? see the TLS error logged above)"
+            ))
+        if previous is not None:
+            previous(*args)
+
+    paho.on_disconnect = on_disconnect
+
+    def restore() -> None:
+        paho.on_disconnect = previous
+
+    return restore
 
 
 async def disconnect_quietly(client: aiomqtt.Client, limit_s: float) -> None:
