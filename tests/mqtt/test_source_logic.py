@@ -270,7 +270,7 @@ def test_mqtts_with_ca_and_client_certificate(tmp_path: Any) -> None:
     # files that are not PEM are a configuration error found at once (real certificates: tests/mqtt/test_tls.py)
     for name in ("ca.pem", "c.pem", "c.key"):
         (tmp_path / name).write_text("x")
-    with pytest.raises(SourceURIError, match="could not be loaded.*PEM"):
+    with pytest.raises(SourceURIError, match=r"could not be loaded.*PEM"):
         from_uri(f"mqtts://h/emg/+?ca={tmp_path / 'ca.pem'}&cert={tmp_path / 'c.pem'}&key={tmp_path / 'c.key'}")
     c = from_uri("mqtts://h/emg/+").settings.connection
     assert c.port == 8883 and c.tls is not None and c.tls.ca is None and c.scheme == "mqtts"
