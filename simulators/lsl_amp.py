@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import ConfigError, DataFormatError, LSLUnavailableError, StreamEMGError
 from streamemg.lsl import LSLExecutor, import_pylsl
 from streamemg.lslconfig import configure_machine_scope
@@ -122,32 +123,11 @@ class AmpSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``streamemg simulate lsl`` options to ``parser``."""
     parser.add_argument("--name", default="Amp1", help="LSL stream name (default: Amp1)")
-    parser.add_argument(
-        "--class",
-        dest="cls",
-        default="normal",
-        metavar="CLASS",
-        help="simulated class: normal, als or myopathy (default: normal)",
+    add_signal_arguments(
+        parser, default_class="normal", class_help="simulated class: normal, als or myopathy (default: normal)",
+        chunk_ms=10.0, seed_help="seed of the synthetic EMG (default: 0)",
     )
-    parser.add_argument("--channels", type=int, default=1, help="EMG channels (default: 1)")
-    parser.add_argument(
-        "--fs",
-        type=float,
-        default=None,
-        help="sampling rate in Hz (default: 10000; with --replay the recording's rate)",
-    )
-    parser.add_argument("--chunk-ms", type=float, default=10.0, help="milliseconds per pushed chunk (default: 10)")
     parser.add_argument("--counter", action="store_true", help="add a sample-counter channel (integrity checks)")
-    parser.add_argument(
-        "--replay",
-        metavar="FILE",
-        default=None,
-        help="play a recording (any format streamemg reads), looped, instead of synthetic EMG",
-    )
-    parser.add_argument(
-        "--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: run until Ctrl-C)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic EMG (default: 0)")
     parser.add_argument("--type", default="EMG", help="LSL content type (default: EMG)")
     parser.add_argument(
         "--source-id",
@@ -162,19 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mains", type=float, default=None, metavar="HZ", help="add mains hum at HZ (50 or 60)")
     parser.add_argument("--mains-uv", type=float, default=20.0, help="mains hum amplitude in µV (default: 20)")
-
-
-class _Looped:
-    """Endless reads from a recording: ``(n, C)`` float32 µV blocks, wrapping around at the end."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        self.data = data
-        self.pos = 0
-
-    def generate(self, n: int) -> np.ndarray:
-        idx = (self.pos + np.arange(n)) % self.data.shape[0]
-        self.pos = int((self.pos + n) % self.data.shape[0])
-        return self.data[idx]
 
 
 def _make_info(pylsl: Any, settings: AmpSettings, fs: float, labels: tuple[str, ...], detail: dict[str, str]) -> Any:
@@ -230,7 +197,7 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
         rec = await asyncio.to_thread(read_recording, settings.replay, settings.fs)
         fs = float(rec.fs)
         labels = tuple(rec.channels)
-        gen: Any = _Looped(rec.data)
+        gen: Any = LoopedRecording(rec.data)
         detail = {"replay": str(rec.path or settings.replay), "looped": "true"}
         what = f"replay of {settings.replay} ({rec.duration_s:.1f} s, looped)"
     else:

@@ -38,6 +38,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
+from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import BrokerError, ConfigError, DataFormatError, SourceURIError
 from streamemg.protocol import (
     DEVICE_PREFIX,
@@ -169,26 +170,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``streamemg simulate mqtt`` options."""
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default mqtt://127.0.0.1:1883)")
     parser.add_argument("--devices", type=int, default=3, help="number of devices (default 3)")
-    parser.add_argument(
-        "--class", dest="cls", default="mixed",
-        help="mixed (default: devices cycle normal, als, myopathy) or one of normal, als, myopathy",
+    add_signal_arguments(
+        parser, default_class="mixed",
+        class_help="mixed (default: devices cycle normal, als, myopathy) or one of normal, als, myopathy",
+        chunk_ms=20.0, seed_help="synthetic EMG seed (device i uses seed + i)",
     )
-    parser.add_argument(
-        "--fs", type=float, default=None, help="sampling rate in Hz (default 10000; with --replay the file's rate)"
-    )
-    parser.add_argument("--channels", type=int, default=1, help="EMG channels per device (default 1)")
     parser.add_argument("--format", choices=FORMATS, default="binary", help="data message form (default binary)")
     parser.add_argument(
         "--sample-format", choices=SAMPLE_FORMATS, default="float32",
         help="binary sample type (default float32 µV; int16 = counts of --scale µV)",
     )
     parser.add_argument("--scale", type=float, default=0.5, help="µV per int16 count (default 0.5)")
-    parser.add_argument("--replay", metavar="FILE", help="play a recording (looped) instead of synthetic EMG")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    parser.add_argument("--chunk-ms", type=float, default=20.0, help="ms of samples per message (default 20)")
     parser.add_argument("--prefix", default=DEVICE_PREFIX, help="first topic level (default emg)")
     parser.add_argument("--device-prefix", default="dev", help="device ids are <prefix>01, <prefix>02, ...")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic EMG seed (device i uses seed + i)")
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0, help="QoS of data messages (default 0)")
 
 
@@ -201,19 +195,6 @@ class DeviceStats:
     lost: int = 0  # data messages produced while disconnected (seq advanced, nothing sent)
     samples: int = 0  # samples (per channel) produced
     reconnects: int = 0
-
-
-class _Looped:
-    """Endless reads from a recording, starting at ``start``: (n, C) float32 µV blocks, wrapping around."""
-
-    def __init__(self, data: np.ndarray, start: int = 0) -> None:
-        self.data = data
-        self.pos = start % data.shape[0]
-
-    def generate(self, n: int) -> np.ndarray:
-        idx = (self.pos + np.arange(n)) % self.data.shape[0]
-        self.pos = int((self.pos + n) % self.data.shape[0])
-        return self.data[idx]
 
 
 class _Device:
@@ -403,7 +384,7 @@ async def _generators(
 
         rec = await asyncio.to_thread(read_recording, settings.replay, settings.fs)
         n = rec.data.shape[0]
-        gens.extend(_Looped(rec.data, i * n // len(ids)) for i in range(len(ids)))
+        gens.extend(LoopedRecording(rec.data, i * n // len(ids)) for i in range(len(ids)))
         infos.extend({**base, "replay": Path(str(rec.path or settings.replay)).name} for _ in ids)
         return float(rec.fs), tuple(rec.channels), gens, infos, f"replay of {settings.replay} (looped)"
     from .synth import EMGSimulator, pick_class
