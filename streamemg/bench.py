@@ -61,7 +61,7 @@ from .engine import (
 from .errors import ConfigError
 from .model import ModelBundle, count_flops
 from .pipeline import Pipeline, PipelineSettings, StreamState
-from .sources.memory import GeneratorSource
+from .sources.base import GeneratorSource
 from .types import Chunk, Estimate, SourceItem, StreamInfo, Window
 
 __all__ = [

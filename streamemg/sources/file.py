@@ -36,8 +36,7 @@ from ..clock import Clock, monotonic
 from ..errors import ConfigError, DataFormatError, SourceError, SourceURIError
 from ..recordings import Recording, read_recording
 from ..types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus
-from .base import Source, split_uri
-from .memory import GeneratorSource, UriParams
+from .base import GeneratorSource, Source, UriParams, split_uri
 
 _PARAMS = ("speed", "loop", "fs", "chunk_ms", "name")
 _EXAMPLE = "file:recording.npy?speed=max&loop=0&fs=10000"

@@ -50,8 +50,7 @@ from ..sinks.record import (
     safe_name,
 )
 from ..types import Chunk, Estimate, SourceItem, StatusEvent, StreamInfo, StreamStatus
-from .base import split_uri
-from .memory import GeneratorSource, UriParams
+from .base import GeneratorSource, UriParams, split_uri
 
 __all__ = ["RecordedChunk", "RecordedSource", "RecordingReader", "ScanStats", "export_hdf5", "from_uri",
            "is_recording"]

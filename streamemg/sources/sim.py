@@ -35,8 +35,7 @@ from simulators.synth import CLASS_LABELS, MAX_CHANNELS, MIN_FS, SIM_CLASSES, EM
 from ..clock import Clock, monotonic
 from ..errors import ConfigError, SourceURIError
 from ..types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus
-from .base import split_uri
-from .memory import GeneratorSource, UriParams
+from .base import GeneratorSource, UriParams, split_uri
 
 #: Most channels a sim: URI may ask for.
 MAX_SIM_CHANNELS = min(1024, MAX_CHANNELS)
