@@ -14,7 +14,7 @@ What is measured (see ``docs/performance.md`` for how to read the numbers):
 * **real time**: the whole :class:`~streamemg.pipeline.Pipeline` fed by :class:`BenchSource` (N single-channel
   8 kHz streams, 10 ms chunks on absolute deadlines), for the scaling curve and a search for the largest number
   of streams that keeps up (no backlog, p99 decision latency below 50 ms);
-* **transports**: the LSL and MQTT ingest figures of :mod:`streamemg.sources.lsl` / :mod:`streamemg.sources.mqtt`
+* **transports**: the LSL and MQTT ingest figures of :mod:`streamemg.lsl.source` / :mod:`streamemg.mqtt.source`
   where they are available, and the dashboard's render cost at the largest stream count run.
 
 Latency in the real-time runs is measured from the moment a window's last sample is *due* (its 10 ms chunk's
@@ -799,7 +799,7 @@ def measure_dashboard_cost(pipe: Pipeline, frames: int = 20, width: int = 160, h
     try:
         from rich.console import Console
 
-        from .dashboard import DashboardRenderer
+        from .ui.dashboard import DashboardRenderer
     except Exception as exc:  # the dashboard is optional for the benchmark
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
     console = Console(file=io.StringIO(), width=width, height=height, force_terminal=True, color_system="truecolor")
@@ -875,7 +875,7 @@ async def search_capacity(
 
 async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
     try:
-        from .sources.lsl import measure_ingest_latency
+        from .lsl.source import measure_ingest_latency
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     try:
@@ -908,7 +908,7 @@ def _write_mosquitto_conf(folder: str, port: int) -> str:
 
 async def _mqtt_figures(quick: bool) -> dict[str, Any] | str:
     try:
-        from .sources.mqtt import measure_ingest_throughput
+        from .mqtt.source import measure_ingest_throughput
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     kw: dict[str, Any] = {"devices": 10, "messages_per_device": 300 if quick else 2000, "rounds": 1 if quick else 3}

@@ -41,9 +41,9 @@ from .estimates import (
 )
 from .model import ModelBundle
 from .sinks.base import Sink, SinkRunner, SinkSettings
-from .snapshot import PipelineSnapshot, StreamSnapshot
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
+from .ui.snapshot import PipelineSnapshot, StreamSnapshot
 
 log = logging.getLogger(__name__)
 

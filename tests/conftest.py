@@ -6,6 +6,6 @@ installed here, at import time of the test session, before any test module impor
 
 from __future__ import annotations
 
-from streamemg.lslconfig import configure_machine_scope
+from streamemg.lsl.config import configure_machine_scope
 
 configure_machine_scope(force=True)

@@ -20,10 +20,11 @@ from simulators.synth import EMGSimulator
 from streamemg.engine import EngineSettings
 from streamemg.model import untrained_bundle
 from streamemg.pipeline import Pipeline
+from streamemg.record.reader import RecordingReader
+from streamemg.record.format import DATA_FILE, INDEX_FILE
+from streamemg.record.writer import RecordSink
 from streamemg.sinks.memory import MemorySink
-from streamemg.sinks.record import DATA_FILE, INDEX_FILE, RecordSink
 from streamemg.sources.memory import MemorySource
-from streamemg.sources.recorded import RecordingReader
 from streamemg.types import Chunk, Estimate, StreamInfo
 
 #: The promise: from the signal to the end of the process.

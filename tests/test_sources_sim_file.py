@@ -288,20 +288,20 @@ def test_file_rejects_remote_hosts_and_empty_paths() -> None:
 
 def test_xdf_files_go_to_the_xdf_source(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    fake = types.ModuleType("streamemg.sources.xdf")
+    fake = types.ModuleType("streamemg.lsl.xdf")
 
     def from_uri(uri: str) -> object:
         seen.append(uri)
         return MemorySource([], uri=uri)
 
     fake.from_uri = from_uri  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "streamemg.sources.xdf", fake)
+    monkeypatch.setitem(sys.modules, "streamemg.lsl.xdf", fake)
     src = open_source("file:session.XDF?speed=max")
     assert seen == ["file:session.XDF?speed=max"] and src.uri == seen[0]
 
 
 def test_xdf_without_its_module_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "streamemg.sources.xdf", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "streamemg.lsl.xdf", None)  # import fails as if absent
     with pytest.raises((SourceURIError, ImportError)):
         open_source("file:session.xdf")
 

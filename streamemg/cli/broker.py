@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 
-from ..broker import EmbeddedBroker
+from ..mqtt.broker import EmbeddedBroker
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -168,7 +168,7 @@ async def execute(
             installed.append(sig)
     try:
         if plan.dashboard:
-            from ..dashboard import Dashboard
+            from ..ui.dashboard import Dashboard
 
             # log lines on stderr would scribble over the full-screen dashboard: show them in its footer
             with _logs_into(pipeline.errors):

@@ -20,7 +20,7 @@ SUBSCRIBE_GRACE_S = 1.0
 async def _demo(args: argparse.Namespace) -> int:
     from simulators.mqtt_device import FleetSettings, run_fleet
 
-    from ..broker import EmbeddedBroker
+    from ..mqtt.broker import EmbeddedBroker
 
     async with EmbeddedBroker() as broker:
         args.output = [*(args.output or []), broker.url]

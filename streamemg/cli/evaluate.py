@@ -42,9 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..datasets import find_recordings
-    from ..evaluate import cross_site, cross_validate, leaky_split, render_report
-    from ..train import TrainSettings, default_config, prepare_all
+    from ..clinical.datasets import find_recordings
+    from ..clinical.evaluate import cross_site, cross_validate, leaky_split, render_report
+    from ..clinical.train import TrainSettings, default_config, prepare_all
 
     console = Console(stderr=args.json)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

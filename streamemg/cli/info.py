@@ -38,7 +38,7 @@ def collect(model: str | None, device: str) -> dict[str, Any]:
         "packages": {d: _version(d) for d in ("numpy", "scipy", "torch", "pylsl", "aiomqtt", "rich", "amqtt")},
     }
     try:
-        from ..lsl import import_pylsl  # applies streamemg's LSL scope policy before liblsl loads
+        from ..lsl.executor import import_pylsl  # applies streamemg's LSL scope policy before liblsl loads
 
         pylsl = import_pylsl()
         info["liblsl"] = f"{pylsl.library_version()} (protocol {pylsl.protocol_version()})"

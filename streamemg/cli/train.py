@@ -41,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..datasets import find_recordings
-    from ..train import TrainSettings, default_config, prepare_all, render_model_card, train_bundle
+    from ..clinical.datasets import find_recordings
+    from ..clinical.train import TrainSettings, default_config, prepare_all, render_model_card, train_bundle
 
     console = Console(stderr=True)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

@@ -154,10 +154,10 @@ class SinkRunner:
 SCHEMES: dict[str, str] = {
     "jsonl": "streamemg.sinks.jsonl:from_uri",
     "stdout": "streamemg.sinks.jsonl:stdout_from_uri",
-    "lsl": "streamemg.sinks.lsl:from_uri",
-    "mqtt": "streamemg.sinks.mqtt:from_uri",
-    "mqtts": "streamemg.sinks.mqtt:from_uri",
-    "record": "streamemg.sinks.record:from_uri",
+    "lsl": "streamemg.lsl.sink:from_uri",
+    "mqtt": "streamemg.mqtt.sink:from_uri",
+    "mqtts": "streamemg.mqtt.sink:from_uri",
+    "record": "streamemg.record.writer:from_uri",
 }
 
 

@@ -54,9 +54,9 @@ class Source(Protocol):
 SCHEMES: dict[str, str] = {
     "sim": "streamemg.sources.sim:from_uri",
     "file": "streamemg.sources.file:from_uri",
-    "lsl": "streamemg.sources.lsl:from_uri",
-    "mqtt": "streamemg.sources.mqtt:from_uri",
-    "mqtts": "streamemg.sources.mqtt:from_uri",
+    "lsl": "streamemg.lsl.source:from_uri",
+    "mqtt": "streamemg.mqtt.source:from_uri",
+    "mqtts": "streamemg.mqtt.source:from_uri",
     "memory": "streamemg.sources.memory:from_uri",
 }
 

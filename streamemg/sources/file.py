@@ -11,8 +11,8 @@ Parameters (all optional):
 ``name``     file name stream name and id (default ``file:<file name>``)
 ============ ========= ===============================================================================
 
-Any format :func:`streamemg.recordings.read_recording` reads is supported. ``.xdf`` files are handed to
-``streamemg.sources.xdf`` (one stream per XDF stream). ``PATH`` may be relative (to the working directory),
+Any format :func:`streamemg.clinical.recordings.read_recording` reads is supported. ``.xdf`` files are handed to
+``streamemg.lsl.xdf`` (one stream per XDF stream). ``PATH`` may be relative (to the working directory),
 absolute, ``~/...``, or a ``file:///abs/path`` URL.
 
 Timestamps are file time: sample ``i`` (counting on across loops) is at ``i / fs`` seconds.
@@ -32,15 +32,15 @@ import numpy as np
 
 from simulators.pacing import Pacer, Sleep
 
+from ..clinical.recordings import Recording, read_recording
 from ..clock import Clock, monotonic
 from ..errors import ConfigError, DataFormatError, SourceError, SourceURIError
-from ..recordings import Recording, read_recording
 from ..types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus
 from .base import GeneratorSource, Source, UriParams, split_uri
 
 _PARAMS = ("speed", "loop", "fs", "chunk_ms", "name")
 _EXAMPLE = "file:recording.npy?speed=max&loop=0&fs=10000"
-#: Suffixes replayed by ``streamemg.sources.xdf``.
+#: Suffixes replayed by ``streamemg.lsl.xdf``.
 XDF_SUFFIXES = (".xdf", ".xdfz")
 
 
@@ -184,17 +184,17 @@ def from_uri(uri: str) -> Source:
         raise SourceURIError(f"{uri!r} is not a file: URI (e.g. {_EXAMPLE})")
     path = _path_from_body(uri, body)
     if path.is_dir():  # a recorder directory (``--output record:DIR``)
-        from . import recorded
+        from ..record import reader as recorded
 
         return recorded.from_uri(uri)
     if path.name.lower().endswith(XDF_SUFFIXES):
         try:
-            xdf = importlib.import_module("streamemg.sources.xdf")
+            xdf = importlib.import_module("streamemg.lsl.xdf")
         except ModuleNotFoundError as exc:
-            if exc.name != "streamemg.sources.xdf":
+            if exc.name != "streamemg.lsl.xdf":
                 raise
             raise SourceURIError(
-                f"{uri!r}: XDF replay is not available in this installation (module streamemg.sources.xdf is "
+                f"{uri!r}: XDF replay is not available in this installation (module streamemg.lsl.xdf is "
                 "missing); convert the recording to .npy or .csv, or install the full streamemg package"
             ) from exc
         source: Source = xdf.from_uri(uri)

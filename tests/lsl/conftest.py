@@ -39,7 +39,7 @@ def uniq() -> str:
 
 @pytest.fixture(scope="session")
 def pylsl() -> Any:
-    from streamemg.lsl import import_pylsl
+    from streamemg.lsl.executor import import_pylsl
 
     try:
         return import_pylsl()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from simulators import lsl_amp
+from streamemg.lsl.source import measure_ingest_latency
 from streamemg.sources.base import open_source
-from streamemg.sources.lsl import measure_ingest_latency
 from streamemg.types import Chunk, StreamInfo
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(60)]

@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 
-import streamemg.lsl as lsl_mod
+import streamemg.lsl.executor as lsl_mod
 from streamemg.errors import ConfigError, LSLUnavailableError, SourceError, SourceURIError
-from streamemg.lsl import LSLExecutor, plan_channels, unit_scale_to_uv
-from streamemg.sources.lsl import LSLSourceSettings, parse_uri
+from streamemg.lsl.executor import LSLExecutor, plan_channels, unit_scale_to_uv
+from streamemg.lsl.source import LSLSourceSettings, parse_uri
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_missing_liblsl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_lsl_modules_import_without_pylsl() -> None:
     code = (
         "import sys\n"
-        "import streamemg.sources.lsl, streamemg.sinks.lsl, streamemg.sources.xdf, simulators.lsl_amp\n"
+        "import streamemg.lsl.source, streamemg.lsl.sink, streamemg.lsl.xdf, simulators.lsl_amp\n"
         "from streamemg.sources.base import open_source\n"
         "open_source('lsl:name=A')\n"
         "assert 'pylsl' not in sys.modules, 'pylsl was imported eagerly'\n"

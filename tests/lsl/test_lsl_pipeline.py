@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from streamemg.sinks.lsl import ESTIMATE_TYPE
-from streamemg.sinks.lsl import from_uri as lsl_output
-from streamemg.sources.lsl import from_uri as lsl_source
+from streamemg.lsl.sink import ESTIMATE_TYPE
+from streamemg.lsl.sink import from_uri as lsl_output
+from streamemg.lsl.source import from_uri as lsl_source
 from streamemg.types import StreamStatus
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(90)]

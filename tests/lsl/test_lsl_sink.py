@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from streamemg.errors import ConfigError
+from streamemg.lsl.sink import ESTIMATE_TYPE, LSLSink, from_uri
 from streamemg.sinks.base import open_sink
-from streamemg.sinks.lsl import ESTIMATE_TYPE, LSLSink, from_uri
 from streamemg.types import CLASS_NAMES, Estimate, StreamInfo
 
 pytestmark = [pytest.mark.lsl, pytest.mark.timeout(60)]

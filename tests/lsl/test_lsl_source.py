@@ -183,7 +183,7 @@ async def test_irregular_stream_in_a_type_query_is_skipped_with_a_warning(
     stop = asyncio.Event()
     task = asyncio.create_task(pump(regular, np.zeros((10, 2), np.float32), 0.01, stop))
     try:
-        with caplog.at_level(logging.WARNING, logger="streamemg.sources.lsl"):
+        with caplog.at_level(logging.WARNING, logger="streamemg.lsl.source"):
             async with open_source(f"lsl:type={stype}") as src:
                 items = await take(src, lambda it: n_samples(it) >= 50, 15.0)
                 await asyncio.sleep(0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from streamemg.errors import DataFormatError, SourceURIError
-from streamemg.sources.xdf import from_uri, parse_uri
+from streamemg.lsl.xdf import from_uri, parse_uri
 from streamemg.types import Chunk, StatusEvent, StreamInfo, StreamStatus
 
 pytest.importorskip("pyxdf")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mqtt_support import Mosquitto
 
-from streamemg.broker import EmbeddedBroker
+from streamemg.mqtt.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from mqtt_support import Mosquitto
 
 from streamemg.engine import EngineSettings
 from streamemg.model import untrained_bundle
+from streamemg.mqtt.source import from_uri as source_from_uri
 from streamemg.pipeline import Pipeline
 from streamemg.sinks.memory import MemorySink
-from streamemg.sources.mqtt import from_uri as source_from_uri
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
 

@@ -9,8 +9,8 @@ import pytest
 from mqtt_support import Mosquitto, client_for, wait_until
 
 from simulators.mqtt_device import FleetSettings, run_fleet
-from streamemg.sinks.mqtt import from_uri as sink_from_uri
-from streamemg.sources.mqtt import from_uri as source_from_uri
+from streamemg.mqtt.sink import from_uri as sink_from_uri
+from streamemg.mqtt.source import from_uri as source_from_uri
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 

@@ -10,11 +10,11 @@ import time
 import pytest
 from mqtt_support import Mosquitto, client_for, free_port, wait_until
 
-from streamemg.broker import EmbeddedBroker
 from streamemg.errors import BrokerError, ConfigError, SinkError
+from streamemg.mqtt.broker import EmbeddedBroker
+from streamemg.mqtt.sink import MqttSink, from_uri
+from streamemg.mqtt.source import measure_ingest_throughput
 from streamemg.sinks.base import SinkRunner, open_sink
-from streamemg.sinks.mqtt import MqttSink, from_uri
-from streamemg.sources.mqtt import measure_ingest_throughput
 from streamemg.types import Estimate, StreamInfo
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]

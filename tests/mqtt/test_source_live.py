@@ -11,9 +11,9 @@ import pytest
 from mqtt_support import Collector, Mosquitto, client_for, signal_block, wait_until
 
 from simulators.mqtt_device import DeviceStats, FleetSettings, run_fleet
-from streamemg import protocol as p
 from streamemg.errors import BrokerError
-from streamemg.sources.mqtt import from_uri
+from streamemg.mqtt import protocol as p
+from streamemg.mqtt.source import from_uri
 from streamemg.types import Chunk, StatusEvent, StreamInfo, StreamStatus
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from mqtt_support import signal_block
 
-from streamemg import protocol as p
 from streamemg.clock import ManualClock
 from streamemg.errors import ConfigError, SourceURIError
-from streamemg.sources.base import open_source
-from streamemg.sources.mqtt import (
+from streamemg.mqtt import protocol as p
+from streamemg.mqtt.source import (
     ENV_PASSWORD,
     ENV_USERNAME,
     MqttConnection,
@@ -28,6 +27,7 @@ from streamemg.sources.mqtt import (
     from_uri,
     mask_password,
 )
+from streamemg.sources.base import open_source
 from streamemg.types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus
 
 
@@ -182,7 +182,7 @@ def test_malformed_messages_are_counted_per_device_and_logged_at_a_limited_rate(
 ) -> None:
     source, feed, clock = make_source(malformed_log_interval_s=10.0)
     feed.data("good", 0)
-    with caplog.at_level(logging.WARNING, logger="streamemg.sources.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="streamemg.mqtt.source"):
         for _ in range(5):
             assert feed.send("emg/bad/data", b"EMG1\x01garbage") == []
         feed.send("emg/bad/meta", b"not json")

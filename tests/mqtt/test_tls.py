@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from mqtt_support import Collector, Mosquitto, _accepts, free_port, signal_block, wait_until
 
-from streamemg import protocol as p
 from streamemg.errors import BrokerError, SinkError
-from streamemg.sinks.mqtt import MqttSink
-from streamemg.sinks.mqtt import from_uri as sink_from_uri
-from streamemg.sources.mqtt import ENV_PASSWORD, ENV_USERNAME, from_uri
+from streamemg.mqtt import protocol as p
+from streamemg.mqtt.sink import MqttSink
+from streamemg.mqtt.sink import from_uri as sink_from_uri
+from streamemg.mqtt.source import ENV_PASSWORD, ENV_USERNAME, from_uri
 from streamemg.types import Chunk, Estimate, StreamInfo
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]

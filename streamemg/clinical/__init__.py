@@ -1,0 +1,1 @@
+"""The clinical model's data side: recording readers, data sets, training and evaluation."""

@@ -1,0 +1,865 @@
+"""``lsl:`` source: live EMG from Lab Streaming Layer outlets (amplifiers, the LSL simulator).
+
+URIs::
+
+    lsl:name=Amp1                  the stream named Amp1
+    lsl:type=EMG                   every EMG stream, also the ones that appear while running
+    lsl:source_id=ABC123           the stream of one device
+    lsl:type=EMG&hostname=lab-pc   several properties must all match
+    lsl:Amp1                       short for lsl:name=Amp1
+
+Query parameters (after ``?``): ``channels=emg|all|LABEL,LABEL`` (default ``emg``: the channels typed EMG when
+the stream declares channel types, else all), ``poll_ms`` (5), ``chunk_ms`` (50, largest chunk per pull),
+``lost_s`` (2: silence after which an outlet that is no longer visible counts as lost), ``dejitter`` (1),
+``buffer_s`` (30, inlet buffer).
+
+How it works
+------------
+* Discovery uses a liblsl ``ContinuousResolver``: liblsl resolves in its own background thread and
+  ``results()`` only copies the current list (microseconds), so discovery never blocks anything. (One-shot
+  ``resolve_byprop`` calls were measured on this kind of setup to overrun a 0.5 s timeout by 5 s whenever
+  nothing matched, holding a worker thread for that long; the continuous resolver does not.)
+* A matching stream gets an inlet with clock synchronisation, dejittering and monotonic timestamps
+  (``proc_clocksync | proc_dejitter | proc_monotonize``). Opening (connect, full description, the first
+  clock-offset estimate, which takes about 0.6 s) runs on a small pool off the event loop, so a new stream
+  never delays the ones already flowing.
+* One poll task pulls every inlet every ``poll_ms`` in one off-loop call (:class:`~streamemg.lsl.executor.LSLExecutor`):
+  ``pull_chunk(timeout=0.0, max_samples=bounded, dest_obj=preallocated)``: it returns at once with what has
+  arrived, nothing waits inside liblsl, and no memory is allocated for the samples besides the Chunk itself.
+* Channel labels, types and units come from ``desc/channels/channel``; values are converted to µV
+  (V, mV, µV, nV and the power-of-ten codes); a missing or non-voltage unit is taken as µV and noted in
+  ``StreamInfo.meta``.
+* When an outlet vanishes (the inlet reports it lost, or it stops sending and is no longer visible) the
+  stream is shown as ``RECONNECTING``; when an outlet with the same ``source_id`` appears again a fresh
+  inlet is opened (fresh clock/dejitter state) and the stream goes on under the same stream id, without a
+  restart. A changed rate or channel count is announced with a new StreamInfo.
+* A stream with an irregular rate (``nominal_srate == 0``) or string samples cannot be classified: selected
+  by name or source_id it is an error (:class:`~streamemg.errors.StreamRateError` /
+  :class:`~streamemg.errors.SourceError`); found through a wider query (``type=EMG``) it is skipped with a
+  warning so the other streams go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+
+from ..clock import Clock, monotonic
+from ..errors import ConfigError, SourceError, SourceURIError, StreamRateError
+from ..sources.base import split_uri
+from ..types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus
+from .executor import ChannelPlan, LSLExecutor, import_pylsl, plan_channels, read_channel_desc
+
+log = logging.getLogger(__name__)
+
+#: Stream properties a query may use.
+QUERY_PROPS: tuple[str, ...] = ("name", "type", "source_id", "hostname")
+#: URI parameter -> LSLSourceSettings field
+_PARAMS: dict[str, str] = {
+    "channels": "channels",
+    "poll_ms": "poll_s",
+    "chunk_ms": "chunk_s",
+    "lost_s": "lost_after_s",
+    "dejitter": "dejitter",
+    "buffer_s": "buffer_s",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LSLSourceSettings:
+    """How the ``lsl:`` source finds and reads streams.
+
+    Attributes:
+        query: ((property, value), ...): all must match; properties from :data:`QUERY_PROPS`.
+        channels: "emg", "all" or comma-separated channel labels (see :func:`streamemg.lsl.executor.plan_channels`).
+        poll_s: seconds between pulls (the added latency is at most about this).
+        chunk_s: the largest chunk one pull returns, seconds of samples (bounds ``max_samples``).
+        max_pulls: pulls per stream per poll when a backlog has built up (after a stall).
+        scan_s: seconds between looks at the resolver's list of streams.
+        forget_s: the resolver drops an outlet it has not heard from for this long.
+        lost_after_s: a stream silent this long whose outlet is no longer visible is shown as reconnecting.
+        open_timeout_s: limit for each step of opening an inlet (connect, description, clock offset).
+        call_timeout_s: limit for every other LSL call (pulling, listing streams).
+        buffer_s: seconds of samples liblsl buffers per inlet while streamemg is busy.
+        dejitter: smooth timestamps (liblsl's dejitter); clock synchronisation and monotonic timestamps are
+            always on.
+        queue_size: items (chunks, announcements) held for a slow consumer; when full, pulling pauses and
+            liblsl buffers (up to ``buffer_s``).
+        open_workers: inlets opened concurrently (each takes ~0.6 s for the first clock-offset estimate).
+        warn_after_s: log a warning when nothing matched for this long.
+    """
+
+    query: tuple[tuple[str, str], ...]
+    channels: str = "emg"
+    poll_s: float = 0.005
+    chunk_s: float = 0.05
+    max_pulls: int = 16
+    scan_s: float = 0.25
+    forget_s: float = 2.0
+    lost_after_s: float = 2.0
+    open_timeout_s: float = 3.0
+    call_timeout_s: float = 5.0
+    buffer_s: int = 30
+    dejitter: bool = True
+    queue_size: int = 1024
+    open_workers: int = 4
+    warn_after_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.query:
+            raise ConfigError(
+                "LSLSourceSettings.query=(): give at least one property to match, e.g. name=Amp1 or type=EMG"
+            )
+        for prop, value in self.query:
+            if prop not in QUERY_PROPS:
+                raise ConfigError(
+                    f"LSLSourceSettings.query property {prop!r} is not supported; use one of {', '.join(QUERY_PROPS)}"
+                )
+            if not value:
+                raise ConfigError(f"LSLSourceSettings.query {prop}= is empty: give the value to match, e.g. {prop}=X")
+            if "'" in value:
+                raise ConfigError(f"LSLSourceSettings.query {prop}={value!r}: values cannot contain a single quote")
+        if not self.channels.strip():
+            raise ConfigError("LSLSourceSettings.channels='': use emg, all or a comma-separated list of labels")
+        positive = {
+            "poll_s": (self.poll_s, "e.g. poll_ms=5"),
+            "chunk_s": (self.chunk_s, "e.g. chunk_ms=50"),
+            "scan_s": (self.scan_s, "e.g. 0.25"),
+            "forget_s": (self.forget_s, "e.g. 2"),
+            "lost_after_s": (self.lost_after_s, "e.g. lost_s=2"),
+            "open_timeout_s": (self.open_timeout_s, "e.g. 3"),
+            "call_timeout_s": (self.call_timeout_s, "e.g. 5"),
+            "warn_after_s": (self.warn_after_s, "e.g. 10"),
+        }
+        for field_name, (seconds, example) in positive.items():
+            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+                raise ConfigError(
+                    f"LSLSourceSettings.{field_name}={seconds!r}: must be a positive number of seconds ({example})"
+                )
+        if self.poll_s > 1.0:
+            raise ConfigError(f"LSLSourceSettings.poll_s={self.poll_s!r}: poll at least once a second (poll_ms<=1000)")
+        for field_name, ivalue in (
+            ("max_pulls", self.max_pulls),
+            ("buffer_s", self.buffer_s),
+            ("queue_size", self.queue_size),
+            ("open_workers", self.open_workers),
+        ):
+            if isinstance(ivalue, bool) or not isinstance(ivalue, int) or ivalue < 1:
+                raise ConfigError(f"LSLSourceSettings.{field_name}={ivalue!r}: must be a whole number >= 1")
+
+    @property
+    def explicit(self) -> bool:
+        """True when the query names one stream (by name or source_id) rather than a family (type)."""
+        return any(p in ("name", "source_id") for p, _ in self.query)
+
+    def describe_query(self) -> str:
+        return " and ".join(f"{p}='{v}'" for p, v in self.query)
+
+
+def parse_uri(uri: str) -> LSLSourceSettings:
+    """``lsl:name=Amp1?poll_ms=5`` -> settings. Raises SourceURIError / ConfigError with the fix."""
+    scheme, body, params = split_uri(uri)
+    if scheme != "lsl":
+        raise SourceURIError(f"{uri!r} is not an lsl: URI (e.g. lsl:name=Amp1, lsl:type=EMG)")
+    query: list[tuple[str, str]] = []
+    body = body.strip()
+    if body.startswith("//"):
+        body = body[2:]
+    for part in filter(None, body.split("&")):
+        prop, sep, value = part.partition("=")
+        if not sep:
+            if query or "&" in body:
+                raise SourceURIError(f"{uri!r}: {part!r} is not property=value (e.g. lsl:type=EMG&name=Amp1)")
+            prop, value = "name", part
+        prop = prop.strip().lower()
+        if prop not in QUERY_PROPS:
+            raise SourceURIError(
+                f"{uri!r}: unknown stream property {prop!r}; use {', '.join(QUERY_PROPS)} "
+                "(e.g. lsl:name=Amp1, lsl:type=EMG, lsl:source_id=ABC123)"
+            )
+        query.append((prop, unquote(value.strip())))
+    if not query:
+        raise SourceURIError(
+            f"{uri!r} does not say which LSL stream to read; write e.g. lsl:name=Amp1, lsl:type=EMG or "
+            "lsl:source_id=ABC123"
+        )
+    kwargs: dict[str, Any] = {"query": tuple(query)}
+    for key, raw in params.items():
+        target = _PARAMS.get(key)
+        if target is None:
+            raise SourceURIError(f"{uri!r}: unknown parameter {key!r}; known: {', '.join(sorted(_PARAMS))}")
+        try:
+            if target == "channels":
+                kwargs[target] = raw
+            elif target == "dejitter":
+                if raw.lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                kwargs[target] = raw.lower() in ("1", "true", "yes", "on")
+            elif target == "buffer_s":
+                kwargs[target] = int(raw)
+            elif key.endswith("_ms"):
+                kwargs[target] = float(raw) / 1000.0
+            else:
+                kwargs[target] = float(raw)
+        except ValueError as exc:
+            raise SourceURIError(f"{uri!r}: parameter {key}={raw!r} is not a valid value") from exc
+    return LSLSourceSettings(**kwargs)
+
+
+def from_uri(uri: str) -> LSLSource:
+    """The Source for an ``lsl:`` URI (not yet entered; pylsl is imported on entry)."""
+    return LSLSource(uri, parse_uri(uri))
+
+
+# ----------------------------------------------------------------------------------------------- internals
+
+
+@dataclass(eq=False)
+class _Stream:
+    """Runtime state of one matched outlet identity (one source_id), across reconnections."""
+
+    key: str
+    stream_id: str
+    name: str
+    info: StreamInfo
+    plan: ChannelPlan
+    uid: str
+    fs: float
+    fmt: int
+    n_stream_channels: int
+    max_samples: int
+    buf: np.ndarray
+    inlet: Any = None
+    last_data: float = 0.0
+    seen_at: float = 0.0
+    samples: int = 0
+    dead_uids: set[str] = field(default_factory=set)
+
+
+#: (stream, inlet, plan, preallocated buffer (max_samples, stream channels) in the stream's dtype)
+_PullJob = tuple[_Stream, Any, ChannelPlan, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A background task failed; the iterator re-raises ``error``."""
+
+    error: BaseException
+
+
+_END = object()
+
+
+def _stream_key(source_id: str, hostname: str, name: str, type_: str) -> str:
+    """Identity across reconnections: the source_id, or (without one) host + name + type."""
+    return f"sid:{source_id}" if source_id else f"host:{hostname}/{name}/{type_}"
+
+
+def _release_blocking(holder: list[Any]) -> None:
+    """Drop the last references to pylsl objects in a worker thread (their destructors may block briefly)."""
+    while holder:
+        obj = holder.pop()
+        del obj
+
+
+class LSLSource:
+    """Async context manager + async iterator of SourceItems for an ``lsl:`` URI.
+
+    Args:
+        uri: the URI (shown on the dashboard).
+        settings: what to match and how to read.
+        clock: monotonic clock used for silence detection (injectable for tests).
+    """
+
+    realtime = True
+
+    def __init__(self, uri: str, settings: LSLSourceSettings, clock: Clock = monotonic) -> None:
+        self.uri = uri
+        self.settings = settings
+        self.clock = clock
+        self._pylsl: Any = None
+        self._lost_error: type[BaseException] = RuntimeError
+        self._queue: asyncio.Queue[Any] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._open_tasks: set[asyncio.Task[None]] = set()
+        self._puller: LSLExecutor | None = None
+        self._control: LSLExecutor | None = None
+        self._resolver: Any = None
+        self._streams: dict[str, _Stream] = {}
+        self._ignored: set[str] = set()
+        self._opening: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+        self._ids_in_use: set[str] = set()
+        self._closed = False
+        self._entered = False
+        #: chunks delivered per stream id (for tests and diagnostics)
+        self.chunks: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------------ context manager
+    async def __aenter__(self) -> LSLSource:
+        if self._entered:
+            raise SourceError(f"source {self.uri} was already opened; create a new one with open_source()")
+        pylsl = import_pylsl()
+        self._pylsl = pylsl
+        self._lost_error = pylsl.util.LostError
+        self._entered = True
+        self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
+        tag = uuid.uuid4().hex[:6]
+        self._puller = LSLExecutor(f"lsl-pull-{tag}", 1)
+        self._control = LSLExecutor(f"lsl-ctl-{tag}", self.settings.open_workers)
+        self._tasks = [
+            asyncio.create_task(self._guard(self._scan_loop()), name=f"lsl-scan:{self.uri}"),
+            asyncio.create_task(self._guard(self._poll_loop()), name=f"lsl-poll:{self.uri}"),
+        ]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the background tasks and release every inlet and the resolver. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        pending: set[asyncio.Task[None]] = {*self._tasks, *self._open_tasks}
+        self._tasks = []
+        self._open_tasks.clear()
+        while pending:  # cancel again if a task ever swallowed a cancellation
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        holder: list[Any] = [s.inlet for s in self._streams.values() if s.inlet is not None]
+        for s in self._streams.values():
+            s.inlet = None
+        if self._resolver is not None:
+            holder.append(self._resolver)
+            self._resolver = None
+        if self._control is not None and holder:
+            try:
+                await self._control.call(_release_blocking, holder, timeout_s=5.0, what="closing LSL inlets")
+            except Exception as exc:  # closing must not hide the reason we are closing
+                log.debug("closing LSL inlets: %s", exc)
+        holder.clear()
+        for ex in (self._puller, self._control):
+            if ex is not None:
+                ex.close()
+        if self._queue is not None:
+            # wake a consumer blocked in __anext__
+            try:
+                self._queue.put_nowait(_END)
+            except asyncio.QueueFull:
+                pass
+
+    # ------------------------------------------------------------------ iteration
+    def __aiter__(self) -> LSLSource:
+        return self
+
+    async def __anext__(self) -> SourceItem:
+        if self._queue is None:
+            raise SourceError(f"source {self.uri} is not open; use `async with open_source(uri) as src:`")
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, _Failure):
+            raise item.error
+        assert isinstance(item, (StreamInfo, Chunk, StatusEvent))
+        return item
+
+    # ------------------------------------------------------------------ background tasks
+    async def _guard(self, coro: Any) -> None:
+        """Run a background loop; a failure ends the iteration with that error (never swallowed)."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            assert self._queue is not None
+            await self._queue.put(_Failure(exc))
+
+    async def _put(self, item: Any) -> None:
+        assert self._queue is not None
+        await self._queue.put(item)
+
+    def _make_resolver(self) -> Any:
+        pylsl = self._pylsl
+        s = self.settings
+        if len(s.query) == 1:
+            prop, value = s.query[0]
+            return pylsl.ContinuousResolver(prop=prop, value=value, forget_after=s.forget_s)
+        return pylsl.ContinuousResolver(pred=s.describe_query(), forget_after=s.forget_s)
+
+    async def _scan_loop(self) -> None:
+        s = self.settings
+        assert self._control is not None
+        self._resolver = await self._control.call(
+            self._make_resolver, timeout_s=s.call_timeout_s, what="starting the LSL resolver"
+        )
+        started = self.clock()
+        warned = False
+        while True:
+            infos = await self._control.call(
+                self._resolver.results, timeout_s=s.call_timeout_s, what="listing LSL streams"
+            )
+            now = self.clock()
+            visible: dict[str, list[Any]] = {}
+            for info in infos:
+                key = _stream_key(info.source_id(), info.hostname(), info.name(), info.type())
+                visible.setdefault(key, []).append(info)
+            to_open: list[tuple[str, Any]] = []
+            for key, candidates in visible.items():
+                if key in self._ignored or key in self._opening:
+                    continue
+                stream = self._streams.get(key)
+                if stream is not None and stream.inlet is not None:
+                    if any(c.uid() == stream.uid for c in candidates):
+                        stream.seen_at = now
+                        continue
+                    # a different outlet with this identity while ours is silent: it was replaced
+                    if now - stream.last_data <= s.lost_after_s:
+                        continue
+                    await self._lose(stream, "outlet replaced")
+                dead = stream.dead_uids if stream is not None else set()
+                fresh = [c for c in candidates if c.uid() not in dead]
+                if not fresh or now < self._retry_at.get(key, 0.0):
+                    continue
+                newest = max(fresh, key=lambda c: c.created_at())
+                if not self._check_usable(key, newest):
+                    continue
+                to_open.append((key, newest))
+            for key, info in to_open:
+                self._opening.add(key)
+                task = asyncio.create_task(self._guarded_attach(key, info), name=f"lsl-open:{info.name()}")
+                self._open_tasks.add(task)
+                task.add_done_callback(self._open_tasks.discard)
+            for stream in list(self._streams.values()):
+                if (
+                    stream.inlet is not None
+                    and now - stream.last_data > s.lost_after_s
+                    and now - stream.seen_at > s.lost_after_s
+                    and stream.key not in visible
+                ):
+                    await self._lose(stream, f"no data for {now - stream.last_data:.1f} s and the outlet is gone")
+            if not warned and not self._streams and now - started > s.warn_after_s:
+                warned = True
+                log.warning(
+                    "no LSL stream with %s is visible after %.0f s (still looking). Check the spelling, that the "
+                    "outlet is running, and that liblsl's configuration lets this machine see it.",
+                    s.describe_query(),
+                    now - started,
+                )
+            await asyncio.sleep(s.scan_s)
+
+    def _check_usable(self, key: str, info: Any) -> bool:
+        """Refuse irregular-rate and string streams: an error for an explicit query, a warning otherwise."""
+        pylsl = self._pylsl
+        name = info.name()
+        problem: SourceError | None = None
+        if info.nominal_srate() <= 0:
+            problem = StreamRateError(
+                f"LSL stream {name!r} (type {info.type()!r}) has an irregular sampling rate (nominal_srate 0). "
+                "streamemg needs a regular-rate stream: the spectral features and windows are defined on a fixed "
+                "sample rate. Select the amplifier's signal stream (a regular-rate stream), not an event/marker "
+                "stream, or have the outlet declare its nominal rate."
+            )
+        elif info.channel_format() in (pylsl.cf_string, pylsl.cf_undefined):
+            problem = SourceError(
+                f"LSL stream {name!r} (type {info.type()!r}) carries strings, not numeric samples; streamemg "
+                "classifies numeric EMG streams (int16, int32, float32 or double)."
+            )
+        if problem is None:
+            return True
+        if self.settings.explicit:
+            raise problem
+        self._ignored.add(key)
+        log.warning("%s Skipping it; the other matching streams go on.", problem)
+        return False
+
+    async def _guarded_attach(self, key: str, info: Any) -> None:
+        try:
+            await self._attach(key, info)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await self._put(_Failure(exc))
+        finally:
+            self._opening.discard(key)
+
+    def _open_blocking(self, info: Any) -> tuple[Any, Any, tuple[list[str | None], ...]]:
+        """Create an inlet, fetch the full description, subscribe, and prime the clock offset (blocking).
+
+        Returns the inlet, the full pylsl StreamInfo and its channel (labels, units, types).
+        """
+        pylsl = self._pylsl
+        s = self.settings
+        flags = pylsl.proc_clocksync | pylsl.proc_monotonize | (pylsl.proc_dejitter if s.dejitter else 0)
+        inlet = pylsl.StreamInlet(info, max_buflen=s.buffer_s, max_chunklen=0, recover=False, processing_flags=flags)
+        try:
+            full = inlet.info(timeout=s.open_timeout_s)
+            inlet.open_stream(timeout=s.open_timeout_s)
+            # The first clock-offset estimate takes ~0.6 s; done here so that the first pull does not block.
+            inlet.time_correction(timeout=s.open_timeout_s)
+            channels = read_channel_desc(full)  # XML walk through ctypes: kept off the loop too
+        except BaseException:
+            holder = [inlet]
+            del inlet
+            _release_blocking(holder)
+            raise
+        return inlet, full, channels
+
+    async def _attach(self, key: str, info: Any) -> None:
+        s = self.settings
+        assert self._control is not None
+        uid = info.uid()
+        name = info.name()
+        try:
+            inlet, full, (labels, units, types) = await self._control.call(
+                self._open_blocking, info, timeout_s=4 * s.open_timeout_s + 1.0, what=f"opening LSL stream {name!r}"
+            )
+        except (self._lost_error, RuntimeError, SourceError) as exc:
+            # the outlet went away between listing and opening, or did not answer: try again later
+            self._retry_at[key] = self.clock() + 1.0
+            existing = self._streams.get(key)
+            if existing is not None and isinstance(exc, self._lost_error):
+                existing.dead_uids.add(uid)
+            log.info("could not open LSL stream %r yet (%s); retrying", name, exc)
+            return
+        holder = [inlet]
+        del inlet
+        try:
+            if self._closed:
+                return
+            stream = self._streams.get(key)
+            fs = float(full.nominal_srate())
+            fmt = int(full.channel_format())
+            n_ch = int(full.channel_count())
+            plan = plan_channels(n_ch, labels, units, types, s.channels, stream_name=name)
+            if plan.assumed_signal_uv:
+                log.warning(
+                    "LSL stream %r: channels %s declare no voltage unit (units: %s); their values are taken as µV",
+                    name,
+                    ", ".join(plan.assumed_signal_uv),
+                    ", ".join(u or "none" for u in plan.units) or "none",
+                )
+            dtype = self._np_dtype(fmt)
+            max_samples = int(min(65536, max(16, math.ceil(fs * s.chunk_s))))
+            now = self.clock()
+            if stream is None:
+                stream_id = self._new_stream_id(name)
+                display = name if stream_id == f"lsl:{name}" else stream_id.removeprefix("lsl:")
+            else:
+                stream_id, display = stream.stream_id, stream.name
+            sinfo = StreamInfo(
+                stream_id=stream_id,
+                name=display,
+                fs=fs,
+                channels=plan.labels,
+                units="uV",
+                source=self.uri,
+                meta={
+                    "transport": "lsl",
+                    "lsl": {
+                        "name": name,
+                        "type": full.type(),
+                        "source_id": full.source_id(),
+                        "hostname": full.hostname(),
+                        "uid": full.uid(),
+                        "session_id": full.session_id(),
+                        "channel_format": fmt,
+                        "channel_count": n_ch,
+                        "created_at": full.created_at(),
+                    },
+                    "channels": plan.describe(),
+                },
+            )
+            buf = np.empty((max_samples, n_ch), dtype=dtype)
+            if stream is None:
+                stream = _Stream(
+                    key=key,
+                    stream_id=stream_id,
+                    name=display,
+                    info=sinfo,
+                    plan=plan,
+                    uid=uid,
+                    fs=fs,
+                    fmt=fmt,
+                    n_stream_channels=n_ch,
+                    max_samples=max_samples,
+                    buf=buf,
+                    last_data=now,
+                    seen_at=now,
+                )
+                self._streams[key] = stream
+                await self._put(sinfo)
+            else:
+                changed = sinfo.signature != stream.info.signature or sinfo.channels != stream.info.channels
+                stream.info, stream.plan, stream.uid, stream.fs, stream.fmt = sinfo, plan, uid, fs, fmt
+                stream.n_stream_channels, stream.max_samples, stream.buf = n_ch, max_samples, buf
+                stream.last_data = stream.seen_at = now
+                if changed:
+                    await self._put(sinfo)
+                await self._put(StatusEvent(stream_id, StreamStatus.LIVE, "outlet back; reading again"))
+            stream.inlet = holder.pop()  # from here on the poll task pulls it
+        finally:
+            if holder and self._control is not None and not self._control.closed:
+                await self._control.call(_release_blocking, holder, timeout_s=5.0, what="releasing an LSL inlet")
+
+    def _np_dtype(self, fmt: int) -> np.dtype[Any]:
+        pylsl = self._pylsl
+        table = {
+            pylsl.cf_float32: np.float32,
+            pylsl.cf_double64: np.float64,
+            pylsl.cf_int8: np.int8,
+            pylsl.cf_int16: np.int16,
+            pylsl.cf_int32: np.int32,
+            pylsl.cf_int64: np.int64,
+        }
+        if fmt not in table:
+            raise SourceError(f"LSL channel format {fmt} is not numeric; streamemg reads int8..int64, float32, double")
+        return np.dtype(table[fmt])
+
+    def _new_stream_id(self, name: str) -> str:
+        base = f"lsl:{name}"
+        candidate, k = base, 2
+        while candidate in self._ids_in_use:
+            candidate = f"{base}#{k}"
+            k += 1
+        self._ids_in_use.add(candidate)
+        return candidate
+
+    async def _lose(self, stream: _Stream, why: str) -> None:
+        """Drop the stream's inlet, show it as reconnecting, and wait for its source_id to come back."""
+        if stream.inlet is None:
+            return
+        holder = [stream.inlet]
+        stream.inlet = None
+        stream.dead_uids.add(stream.uid)
+        ident = stream.key.split(":", 1)[1]
+        what = "source_id" if stream.key.startswith("sid:") else "host/name/type"
+        await self._put(
+            StatusEvent(
+                stream.stream_id, StreamStatus.RECONNECTING, f"{why}; waiting for {what} {ident!r} to come back"
+            )
+        )
+        assert self._control is not None
+        try:
+            await self._control.call(_release_blocking, holder, timeout_s=5.0, what="releasing a lost LSL inlet")
+        except SourceError as exc:
+            log.debug("%s", exc)
+
+    # ------------------------------------------------------------------ pulling
+    @staticmethod
+    def _pull_blocking(
+        batch: list[_PullJob], max_pulls: int, lost_error: type[BaseException]
+    ) -> list[tuple[_Stream, Any, list[tuple[np.ndarray, np.ndarray]], BaseException | None]]:
+        """Pull everything available from each inlet (never waits: timeout 0). Runs in the pull thread.
+
+        Each job carries the inlet with the plan and buffer that belong to it (captured on the loop), so a
+        reconnection that swaps the stream's inlet meanwhile can never pair an inlet with a foreign buffer.
+        """
+        results: list[tuple[_Stream, Any, list[tuple[np.ndarray, np.ndarray]], BaseException | None]] = []
+        for stream, inlet, plan, buf in batch:
+            pieces: list[tuple[np.ndarray, np.ndarray]] = []
+            error: BaseException | None = None
+            cap = buf.shape[0]
+            try:
+                for _ in range(max_pulls):
+                    view, ts = inlet.pull_chunk(timeout=0.0, max_samples=cap, dest_obj=buf, as_numpy=True)
+                    n = len(ts)
+                    if n == 0:
+                        break
+                    pieces.append((plan.apply(view), np.array(ts, dtype=np.float64)))
+                    if n < cap:
+                        break
+            except lost_error as exc:
+                error = exc
+            except RuntimeError as exc:  # pylsl InternalError / InvalidArgumentError: treat as lost, reconnect
+                error = exc
+            results.append((stream, inlet, pieces, error))
+        return results
+
+    async def _poll_loop(self) -> None:
+        s = self.settings
+        assert self._puller is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            batch = [(st, st.inlet, st.plan, st.buf) for st in self._streams.values() if st.inlet is not None]
+            if batch:
+                results = await self._puller.call(
+                    self._pull_blocking,
+                    batch,
+                    s.max_pulls,
+                    self._lost_error,
+                    timeout_s=s.call_timeout_s,
+                    what="pulling LSL samples",
+                )
+                del batch
+                now = self.clock()
+                lost: list[tuple[_Stream, BaseException]] = []
+                for stream, inlet, pieces, error in results:
+                    if stream.inlet is not inlet:
+                        continue  # released meanwhile (lost / replaced): its samples belong to an old outlet
+                    for data, ts in pieces:
+                        stream.last_data = now
+                        stream.samples += data.shape[0]
+                        self.chunks[stream.stream_id] += 1
+                        await self._put(Chunk(stream.stream_id, data, ts))
+                    if error is not None:
+                        lost.append((stream, error))
+                del results
+                for stream, error in lost:
+                    kind = "outlet closed" if isinstance(error, self._lost_error) else f"inlet failed ({error})"
+                    await self._lose(stream, kind)
+            deadline += s.poll_s
+            delay = deadline - loop.time()
+            if delay < 0:  # fell behind (busy machine): do not try to catch up with a burst of polls
+                deadline = loop.time()
+                delay = 0.0
+            await asyncio.sleep(delay)
+
+
+# ------------------------------------------------------------------------------------------ ingest latency
+
+
+async def measure_ingest_latency(
+    n_chunks: int = 500,
+    fs: float = 10000.0,
+    n_channels: int = 4,
+    chunk_samples: int = 100,
+    poll_ms: float = 5.0,
+    warmup_chunks: int = 20,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Latency that LSL ingest adds: from ``push_chunk`` on an outlet to the samples being in a RingBuffer.
+
+    An outlet in this process pushes ``n_chunks`` chunks of ``chunk_samples`` samples at the real-time pace of
+    ``fs`` (float32, ``n_channels`` EMG channels plus a sample counter). An ``lsl:`` source reads them, and each
+    Chunk is written into a :class:`streamemg.buffer.RingBuffer` as the pipeline does. For every pushed chunk,
+    the latency is the time from just before its push to the moment its last sample is in the ring buffer
+    (monotonic clock, ms). LSL traffic stays on this machine (:func:`streamemg.lsl.config.configure_machine_scope`
+    unless LSLAPICFG is already set).
+
+    Returns:
+        dict with ``p50_ms``, ``p99_ms``, ``max_ms``, ``mean_ms``, ``n`` (chunks measured), ``lost`` and
+        ``duplicated`` (samples, from the counter), ``poll_ms``, ``fs``, ``chunk_samples``, ``n_channels`` and a
+        ``what`` description.
+
+    Raises:
+        LSLUnavailableError: liblsl cannot be loaded.
+        SourceError: the stream was not seen within ``timeout_s``.
+    """
+    from ..buffer import RingBuffer
+    from .config import configure_machine_scope
+
+    if n_chunks < 1 or chunk_samples < 1 or n_channels < 1 or not fs > 0:
+        raise ConfigError("measure_ingest_latency: n_chunks, chunk_samples, n_channels and fs must be positive")
+    configure_machine_scope()
+    pylsl = import_pylsl()
+    sid = f"streamemg-bench-{uuid.uuid4().hex[:10]}"
+    total = n_chunks + warmup_chunks
+    push_times = np.full(total, np.nan)
+    done_times = np.full(total, np.nan)
+    period = chunk_samples / fs
+    ring = RingBuffer(max(4 * chunk_samples, int(fs)), n_channels + 1)
+    counts = np.zeros(total * chunk_samples, dtype=np.int32)
+
+    def make_outlet() -> Any:
+        info = pylsl.StreamInfo(sid, "EMGBench", n_channels + 1, fs, pylsl.cf_float32, sid)
+        chans = info.desc().append_child("channels")
+        for i in range(n_channels + 1):
+            ch = chans.append_child("channel")
+            ch.append_child_value("label", f"EMG{i + 1}" if i < n_channels else "counter")
+            ch.append_child_value("unit", "microvolts" if i < n_channels else "samples")
+            ch.append_child_value("type", "EMG" if i < n_channels else "MISC")
+        return pylsl.StreamOutlet(info, chunk_size=0, max_buffered=10)
+
+    executor = LSLExecutor("lsl-bench", 1)
+    holder: list[Any] = [await executor.call(make_outlet, timeout_s=10.0, what="creating the benchmark outlet")]
+    rng = np.random.default_rng(0)
+    offsets = rng.uniform(0.0, min(poll_ms / 1000.0, period / 2), size=total)
+    block = rng.normal(0.0, 50.0, size=(chunk_samples, n_channels + 1)).astype(np.float32)
+    source = from_uri(f"lsl:source_id={sid}?channels=all&poll_ms={poll_ms:g}")
+    t_start = time.perf_counter()
+    try:
+        async with source:
+            # wait for the announcement, then stream
+            first = await asyncio.wait_for(source.__anext__(), timeout_s)
+            if not isinstance(first, StreamInfo):
+                raise SourceError(f"benchmark stream: expected its StreamInfo first, got {first!r}")
+            await asyncio.sleep(0.2)  # inlet subscribed and clock offset primed before the first push
+
+            async def produce() -> None:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                outlet = holder[0]
+                for k in range(total):
+                    # a random offset within one poll interval, so that pushes sample every phase of the poll
+                    delay = t0 + k * period + offsets[k] - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    block[:, -1] = np.arange(k * chunk_samples, (k + 1) * chunk_samples, dtype=np.float32)
+                    push_times[k] = time.perf_counter()
+                    outlet.push_chunk(block)
+
+            async def consume() -> None:
+                seen = 0
+                while seen < total * chunk_samples:
+                    item = await source.__anext__()
+                    if not isinstance(item, Chunk):
+                        continue
+                    ring.write(item.data)
+                    now = time.perf_counter()
+                    counter = item.data[:, -1].astype(np.int64)
+                    valid = counter[(counter >= 0) & (counter < counts.size)]
+                    np.add.at(counts, valid, 1)
+                    seen = int(np.count_nonzero(counts))
+                    ends = valid[(valid + 1) % chunk_samples == 0] // chunk_samples
+                    done_times[ends] = np.where(np.isnan(done_times[ends]), now, done_times[ends])
+
+            consumer = asyncio.create_task(consume(), name="lsl-bench-consume")
+            try:
+                await produce()
+                remaining = max(1.0, timeout_s - (time.perf_counter() - t_start))
+                await asyncio.wait_for(asyncio.shield(consumer), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                consumer.cancel()
+                await asyncio.gather(consumer, return_exceptions=True)
+    finally:
+        try:
+            await executor.call(_release_blocking, holder, timeout_s=5.0, what="closing the benchmark outlet")
+        finally:
+            executor.close()
+    lat = (done_times - push_times)[warmup_chunks:] * 1000.0
+    lat = lat[np.isfinite(lat)]
+    if lat.size == 0:
+        raise SourceError("benchmark: no chunk arrived through LSL; is loopback networking available?")
+    return {
+        "what": "LSL ingest: outlet push_chunk -> samples in the RingBuffer (lsl: source, off-loop pulls)",
+        "n": int(lat.size),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "mean_ms": float(lat.mean()),
+        "lost": int(np.count_nonzero(counts == 0)),
+        "duplicated": int(np.count_nonzero(counts > 1)),
+        "poll_ms": float(poll_ms),
+        "fs": float(fs),
+        "chunk_samples": int(chunk_samples),
+        "n_channels": int(n_channels),
+    }

@@ -1,0 +1,1 @@
+"""What a person sees: the live dashboard and the read-only pipeline snapshot it renders."""

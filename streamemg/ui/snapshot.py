@@ -1,0 +1,64 @@
+"""Immutable snapshots of pipeline state: the model half of the dashboard (model / view / driver).
+
+The pipeline builds a :class:`PipelineSnapshot` on demand; renderers are pure functions of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..types import Estimate, StreamStatus
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """One stream, as the dashboard shows it.
+
+    Attributes:
+        stream_id, name, source: identity (source is the URI).
+        fs: nominal rate (Hz); n_channels: channel count.
+        status: liveness; status_detail: why (e.g. "outlet lost, retrying").
+        level: recent signal level (RMS, µV) per display bin, oldest first, for a sparkline.
+        last: the newest Estimate, or None before the first.
+        latency_p50_ms, latency_p99_ms: decision latency over the recent estimates.
+        windows_per_s: estimates per second over the recent past.
+        windows: total windows classified; dropped_samples: samples lost (gaps, overruns);
+        dropped_windows: windows dropped by a full engine queue; rejected: chunks rejected (bad shape,
+        duplicates, late).
+    """
+
+    stream_id: str
+    name: str
+    source: str
+    fs: float
+    n_channels: int
+    status: StreamStatus
+    status_detail: str = ""
+    level: tuple[float, ...] = ()
+    last: Estimate | None = None
+    latency_p50_ms: float = float("nan")
+    latency_p99_ms: float = float("nan")
+    windows_per_s: float = 0.0
+    windows: int = 0
+    dropped_samples: int = 0
+    dropped_windows: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSnapshot:
+    """The whole pipeline: header facts plus one StreamSnapshot per stream."""
+
+    device: str
+    model_name: str
+    trained: bool
+    uptime_s: float
+    streams: tuple[StreamSnapshot, ...]
+    batch_mean: float = 0.0
+    batch_max: int = 0
+    max_batch: int = 0
+    windows_total: int = 0
+    windows_per_s: float = 0.0
+    dropped_windows: int = 0
+    sink_drops: dict[str, int] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()  # recent error messages for the footer, newest last
