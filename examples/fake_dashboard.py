@@ -21,9 +21,9 @@ import random
 import sys
 
 from streamemg.clock import monotonic
-from streamemg.dashboard import Dashboard
-from streamemg.snapshot import PipelineSnapshot, StreamSnapshot
 from streamemg.types import CLASS_NAMES, Estimate, StreamStatus
+from streamemg.ui.dashboard import Dashboard
+from streamemg.ui.snapshot import PipelineSnapshot, StreamSnapshot
 
 #: Typical RMS level (µV) of the made-up signal per class.
 _LEVEL_UV = {"Normal": 250.0, "ALS": 900.0, "Myopathy": 90.0}

@@ -4,7 +4,7 @@
 [--replay FILE] [--duration S] [--seed N] [--format float32|double|int16|int32]``
 
 * Samples come from :class:`simulators.synth.EMGSimulator` (class-specific motor-unit activity), or with
-  ``--replay`` from any recording :func:`streamemg.recordings.read_recording` can read, looped.
+  ``--replay`` from any recording :func:`streamemg.clinical.recordings.read_recording` can read, looped.
 * Pacing uses absolute deadlines (:class:`simulators.pacing.Pacer`): sample ``k`` is due at ``t0 + k / fs``, so
   the rate stays exact over hours; each chunk is time-stamped with the LSL clock time of its last sample.
 * The outlet describes its channels (``desc/channels/channel``: label, unit ``microvolts``, type ``EMG``) and
@@ -31,8 +31,8 @@ import numpy as np
 
 from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import ConfigError, DataFormatError, LSLUnavailableError, StreamEMGError
-from streamemg.lsl import LSLExecutor, import_pylsl
-from streamemg.lslconfig import configure_machine_scope
+from streamemg.lsl.config import configure_machine_scope
+from streamemg.lsl.executor import LSLExecutor, import_pylsl
 
 #: --format -> (pylsl format name, numpy dtype, counter modulus: the largest count the format holds exactly)
 FORMATS: dict[str, tuple[str, Any, int]] = {
@@ -192,7 +192,7 @@ async def run_amp(settings: AmpSettings, ready: asyncio.Event | None = None, qui
     pylsl = import_pylsl()
     detail: dict[str, str]
     if settings.replay is not None:
-        from streamemg.recordings import read_recording
+        from streamemg.clinical.recordings import read_recording
 
         rec = await asyncio.to_thread(read_recording, settings.replay, settings.fs)
         fs = float(rec.fs)

@@ -18,7 +18,7 @@ Each simulated device behaves like a small microcontroller with an EMG front end
 * on a clean stop it publishes ``offline`` itself.
 
 Signals come from :class:`simulators.synth.EMGSimulator` (``--class mixed`` cycles normal, ALS, myopathy over
-the devices) or, with ``--replay``, from any recording :func:`streamemg.recordings.read_recording` reads,
+the devices) or, with ``--replay``, from any recording :func:`streamemg.clinical.recordings.read_recording` reads,
 looped, each device starting at a different offset.
 """
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import BrokerError, ConfigError, DataFormatError, SourceURIError
-from streamemg.protocol import (
+from streamemg.mqtt.protocol import (
     DEVICE_PREFIX,
     OFFLINE,
     ONLINE,
@@ -51,7 +51,7 @@ from streamemg.protocol import (
     quantize_int16,
     topic,
 )
-from streamemg.sources.mqtt import (
+from streamemg.mqtt.source import (
     MqttConnection,
     backoff_delays,
     connect_within,
@@ -380,7 +380,7 @@ async def _generators(
     gens: list[Any] = []
     infos: list[dict[str, Any]] = []
     if settings.replay is not None:
-        from streamemg.recordings import read_recording
+        from streamemg.clinical.recordings import read_recording
 
         rec = await asyncio.to_thread(read_recording, settings.replay, settings.fs)
         n = rec.data.shape[0]
