@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAKE = REPO / "examples" / "fake_dashboard.py"
 TMUX = shutil.which("tmux")
 WIDTH, HEIGHT = 160, 50
