@@ -183,10 +183,9 @@ def from_uri(uri: str) -> Source:
     if scheme != "file":
         raise SourceURIError(f"{uri!r} is not a file: URI (e.g. {_EXAMPLE})")
     path = _path_from_body(uri, body)
-    if path.is_dir():  # a recorder directory (``--output record:DIR``)
-        from ..record import reader as recorded
-
-        return recorded.from_uri(uri)
+    if path.is_dir():  # a recorder directory (``--output record:DIR``): the record wing reads its own format
+        reader = importlib.import_module("streamemg.record.reader")
+        return reader.from_uri(uri)
     if path.name.lower().endswith(XDF_SUFFIXES):
         try:
             xdf = importlib.import_module("streamemg.lsl.xdf")
