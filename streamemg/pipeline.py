@@ -43,7 +43,7 @@ from .model import ModelBundle
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
-from .ui.snapshot import PipelineSnapshot, StreamSnapshot
+from .ui.snapshot import PipelineSnapshot, StreamDetail, StreamSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class PipelineSettings:
         drain_timeout_s: at shutdown, how long outputs may take to deliver what they hold and close.
         level_bin_s: width of one sparkline bin (stream time, s); level_bins: how many are kept.
         latency_history: decisions kept per stream for the p50/p99 latency.
+        trace_s: seconds of the filtered model-rate signal held per stream for the dashboard's stream view
+            (the window buffer is enlarged to hold them; at the default it already does, so it costs nothing).
+        history: estimates kept per stream for the stream view's probability and quality history (1200 at the
+            default 0.25 s hop = the last 5 minutes); a bounded deque of references, one append per decision.
         quality, estimates: the quality gate and the rolling estimate settings.
         sink: queueing policy of every sink.
     """
@@ -80,6 +84,8 @@ class PipelineSettings:
     level_bin_s: float = 0.25
     level_bins: int = 24
     latency_history: int = 512
+    trace_s: float = 1.5
+    history: int = 1200
     quality: QualitySettings = field(default_factory=QualitySettings)
     estimates: EstimateSettings = field(default_factory=EstimateSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
@@ -97,6 +103,10 @@ class PipelineSettings:
             raise ConfigError(f"PipelineSettings.max_streams={self.max_streams!r}: must be at least 1")
         if self.restart_gap < 1:
             raise ConfigError(f"PipelineSettings.restart_gap={self.restart_gap!r}: must be at least 1")
+        if not (isinstance(self.trace_s, (int, float)) and math.isfinite(self.trace_s) and 0 < self.trace_s <= 60):
+            raise ConfigError(f"PipelineSettings.trace_s={self.trace_s!r}: give seconds in (0, 60], e.g. 1.5")
+        if not (isinstance(self.history, int) and self.history >= 1):
+            raise ConfigError(f"PipelineSettings.history={self.history!r}: give a whole number of estimates >= 1")
         if self.level_bins < 1 or not self.level_bin_s > 0:
             raise ConfigError("PipelineSettings.level_bins and level_bin_s must be positive")
 
@@ -132,7 +142,8 @@ class StreamState:
         self.hop_samples = max(1, round(hop_s * self.model_fs))
         self.filter = StreamFilter(cfg.filters, info.fs, c)
         self.resampler = Resampler(info.fs, self.model_fs, c)
-        self.buffer = RingBuffer(self.window_samples + 2 * self.hop_samples + 16, c)
+        self.trace_samples = max(1, round(settings.trace_s * self.model_fs))
+        self.buffer = RingBuffer(max(self.window_samples + 2 * self.hop_samples + 16, self.trace_samples), c)
         # the raw span of one window at the native rate, for the quality gate
         self.raw_window = max(1, math.ceil(self.window_samples * info.fs / self.model_fs))
         self.raw_buffer = RingBuffer(self.raw_window + math.ceil(2 * self.hop_samples * info.fs / self.model_fs), c)
@@ -155,6 +166,8 @@ class StreamState:
         self.last_seq: int | None = None
         self.last_data_at = clock()
         self.last_estimate: Estimate | None = None
+        self.history: collections.deque[Estimate] = collections.deque(maxlen=settings.history)
+        self.reconnects = 0
         self.windows = 0
         self.dropped_samples = 0
         self.dropped_windows = 0
@@ -335,6 +348,7 @@ class StreamState:
             channel_quality=window.quality,
         )
         self.last_estimate = est
+        self.history.append(est)
         return est
 
     def latency_percentiles(self) -> tuple[float, float]:
@@ -347,6 +361,31 @@ class StreamState:
             else:
                 self._lat_cache = (self.windows, float("nan"), float("nan"))
         return self._lat_cache[1], self._lat_cache[2]
+
+    def detail(self, now: float) -> StreamDetail:
+        """What the stream view shows of this stream: its snapshot, recent filtered signal and estimate history.
+
+        The signal is read up to the end of the newest classified window (samples the pipeline has already
+        read), so the ring buffer's overrun accounting is unchanged. Costs one copy of ``trace_s`` seconds.
+        """
+        buf = self.buffer
+        end = min(buf.total_written, self.next_end - self.hop_samples)
+        n = max(0, min(self.trace_samples, end - buf.oldest))
+        trace = buf.latest(n, end=end).T.copy() if end > 0 and n > 0 else np.zeros((0, self.n_channels), np.float32)
+        window = None
+        if n >= self.window_samples and self.window_index > 0:
+            window = trace[-self.window_samples :]
+        return StreamDetail(
+            stream=self.snapshot(now),
+            channels=tuple(self.info.channels),
+            units=self.info.units,
+            meta=dict(self.info.meta),
+            trace=trace,
+            trace_fs=self.model_fs,
+            window=window,
+            history=tuple(self.history),
+            reconnects=self.reconnects,
+        )
 
     def snapshot(self, now: float) -> StreamSnapshot:
         p50, p99 = self.latency_percentiles()
@@ -504,6 +543,11 @@ class Pipeline:
             errors=tuple(self.errors),
         )
 
+    def stream_detail(self, stream_id: str) -> StreamDetail | None:
+        """The stream view's data for one stream (None when the pipeline does not know ``stream_id``)."""
+        state = self.streams.get(stream_id)
+        return state.detail(self.clock()) if state is not None else None
+
     # ---------------------------------------------------------------- internals
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -590,6 +634,8 @@ class Pipeline:
         state = self.streams.get(event.stream_id)
         if state is None:
             return
+        if event.status is StreamStatus.RECONNECTING and state.status is not StreamStatus.RECONNECTING:
+            state.reconnects += 1
         state.status = event.status
         state.status_detail = event.detail
         state.dropped_samples += event.dropped_samples

@@ -5,7 +5,11 @@ The pipeline builds a :class:`PipelineSnapshot` on demand; renderers are pure fu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from ..types import Estimate, StreamStatus
 
@@ -62,3 +66,29 @@ class PipelineSnapshot:
     dropped_windows: int = 0
     sink_drops: dict[str, int] = field(default_factory=dict)
     errors: tuple[str, ...] = ()  # recent error messages for the footer, newest last
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamDetail:
+    """One stream in depth, for the stream view; built on demand for the one stream on screen.
+
+    Attributes:
+        stream: the stream's row snapshot (status, counters, latency, newest estimate).
+        channels: channel labels; units: sample units (µV inside streamemg); meta: the source's extra facts.
+        trace: ``(n, C)`` float32 filtered signal in µV at ``trace_fs`` Hz (the model rate), oldest first,
+            ending with the newest classified window; may hold fewer samples early on (``n`` may be 0).
+        trace_fs: sampling rate of ``trace`` (Hz).
+        window: ``(window_samples, C)`` the newest classified window (the tail of ``trace``), or None before one.
+        history: the most recent estimates, oldest first (bounded by the pipeline's ``history`` setting).
+        reconnects: how many times the transport lost the stream and started reconnecting.
+    """
+
+    stream: StreamSnapshot
+    channels: tuple[str, ...]
+    units: str
+    meta: Mapping[str, Any]
+    trace: np.ndarray
+    trace_fs: float
+    window: np.ndarray | None = None
+    history: tuple[Estimate, ...] = ()
+    reconnects: int = 0
