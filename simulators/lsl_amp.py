@@ -31,8 +31,8 @@ import numpy as np
 
 from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import ConfigError, DataFormatError, LSLUnavailableError, StreamEMGError
-from streamemg.lsl.executor.config import configure_machine_scope
-from streamemg.lsl.executor.executor import LSLExecutor, import_pylsl
+from streamemg.lsl.config import configure_machine_scope
+from streamemg.lsl.executor import LSLExecutor, import_pylsl
 
 #: --format -> (pylsl format name, numpy dtype, counter modulus: the largest count the format holds exactly)
 FORMATS: dict[str, tuple[str, Any, int]] = {

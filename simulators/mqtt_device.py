@@ -40,6 +40,14 @@ import numpy as np
 
 from simulators.common import LoopedRecording, add_signal_arguments
 from streamemg.errors import BrokerError, ConfigError, DataFormatError, SourceURIError
+from streamemg.mqtt.client import (
+    MqttConnection,
+    backoff_delays,
+    connect_within,
+    disconnect_quietly,
+    parse_broker_uri,
+    publish_within,
+)
 from streamemg.mqtt.protocol import (
     DEVICE_PREFIX,
     OFFLINE,
@@ -50,14 +58,6 @@ from streamemg.mqtt.protocol import (
     is_valid_device_id,
     quantize_int16,
     topic,
-)
-from streamemg.mqtt.source import (
-    MqttConnection,
-    backoff_delays,
-    connect_within,
-    disconnect_quietly,
-    parse_broker_uri,
-    publish_within,
 )
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,15 @@ import aiomqtt
 
 from ..errors import ConfigError, SinkError, SourceURIError
 from ..types import Estimate, StreamInfo
+from .client import (
+    MqttConnection,
+    backoff_delays,
+    connect_within,
+    disconnect_quietly,
+    mask_password,
+    parse_broker_uri,
+    publish_within,
+)
 from .protocol import (
     OUTPUT_PREFIX,
     device_for_stream,
@@ -38,15 +47,6 @@ from .protocol import (
     is_valid_device_id,
     label_payload,
     label_topic,
-)
-from .source import (
-    MqttConnection,
-    backoff_delays,
-    connect_within,
-    disconnect_quietly,
-    mask_password,
-    parse_broker_uri,
-    publish_within,
 )
 
 log = logging.getLogger(__name__)

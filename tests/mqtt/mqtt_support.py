@@ -19,7 +19,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from streamemg.mqtt.source import parse_broker_uri
+from streamemg.mqtt.client import parse_broker_uri
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from streamemg.errors import ProtocolError
 from streamemg.mqtt import protocol as p
-from streamemg.mqtt.source import MqttConnection, MqttSource, MqttSourceSettings
+from streamemg.mqtt.client import MqttConnection
+from streamemg.mqtt.source import MqttSource, MqttSourceSettings
 from streamemg.types import Chunk, StatusEvent, StreamInfo
 
 N_PAYLOADS = 100_000

@@ -13,7 +13,7 @@ from mqtt_support import Mosquitto, client_for, free_port, wait_until
 from streamemg.errors import BrokerError, ConfigError, SinkError
 from streamemg.mqtt.broker import EmbeddedBroker
 from streamemg.mqtt.sink import MqttSink, from_uri
-from streamemg.mqtt.source import measure_ingest_throughput
+from streamemg.mqtt.throughput import measure_ingest_throughput
 from streamemg.sinks.base import SinkRunner, open_sink
 from streamemg.types import Estimate, StreamInfo
 

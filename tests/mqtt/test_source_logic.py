@@ -17,15 +17,12 @@ from mqtt_support import signal_block
 from streamemg.clock import ManualClock
 from streamemg.errors import ConfigError, SourceURIError
 from streamemg.mqtt import protocol as p
+from streamemg.mqtt.client import ENV_PASSWORD, ENV_USERNAME, MqttConnection, mask_password
 from streamemg.mqtt.source import (
-    ENV_PASSWORD,
-    ENV_USERNAME,
-    MqttConnection,
     MqttSource,
     MqttSourceSettings,
     _DropOldestQueue,
     from_uri,
-    mask_password,
 )
 from streamemg.sources.base import open_source
 from streamemg.types import Chunk, SourceItem, StatusEvent, StreamInfo, StreamStatus

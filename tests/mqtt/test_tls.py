@@ -30,9 +30,10 @@ from mqtt_support import Collector, Mosquitto, _accepts, free_port, signal_block
 
 from streamemg.errors import BrokerError, SinkError
 from streamemg.mqtt import protocol as p
+from streamemg.mqtt.client import ENV_PASSWORD, ENV_USERNAME
 from streamemg.mqtt.sink import MqttSink
 from streamemg.mqtt.sink import from_uri as sink_from_uri
-from streamemg.mqtt.source import ENV_PASSWORD, ENV_USERNAME, from_uri
+from streamemg.mqtt.source import from_uri
 from streamemg.types import Chunk, Estimate, StreamInfo
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
