@@ -172,7 +172,7 @@ async def execute(
 
             # log lines on stderr would scribble over the full-screen dashboard: show them in its footer
             with _logs_into(pipeline.errors):
-                async with Dashboard(pipeline.snapshot):
+                async with Dashboard(pipeline.snapshot, detail_fn=pipeline.stream_detail, bundle=bundle):
                     await pipeline.run(duration=plan.duration)
         else:
             await pipeline.run(duration=plan.duration)

@@ -48,19 +48,42 @@ import collections
 import contextlib
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from rich.console import Console
+import numpy as np
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
 
 from ..clock import Clock, monotonic
 from ..errors import ConfigError
-from .format import CLASS_STYLES, level_index, prob_bar, sparkline
-from .snapshot import PipelineSnapshot
-from .table import DashboardRenderer, page_count, render, render_header, rows_per_page, sort_streams, stream_rank
+from .format import CLASS_STYLES, S_BOLD, S_DIM, level_index, prob_bar, sparkline
+from .keys import KeyReader
+from .navigation import KEYS_HELP, Navigator
+from .snapshot import PipelineSnapshot, StreamDetail
+from .streamview import StreamView
+from .table import (
+    DashboardRenderer,
+    TableControls,
+    page_count,
+    render,
+    render_header,
+    rows_per_page,
+    sort_streams,
+    stream_rank,
+    visible_streams,
+)
+
+if TYPE_CHECKING:
+    from ..model import ModelBundle
+    from .inspect import Inspection, WindowInspector
 
 __all__ = [
     "CLASS_STYLES",
@@ -75,6 +98,7 @@ __all__ = [
     "sort_streams",
     "sparkline",
     "stream_rank",
+    "visible_streams",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,6 +133,16 @@ class Dashboard:
         cpu_clock: CPU seconds of the calling thread (default ``time.thread_time``) to measure own cost.
         cost_window_s: ``cost_fraction`` is averaged over this much recent wall time.
         final_summary: after leaving the alternate screen, print the last header (totals and label counts).
+        detail_fn: ``detail_fn(stream_id)`` returns the :class:`StreamDetail` the stream view shows (e.g.
+            ``pipeline.stream_detail``); called once per frame, only while a stream view is open. None: the
+            stream view shows what the snapshot holds (no signal).
+        bundle: the model bundle, for the stream view's spectrogram and attention (built on first use).
+        keys: read keys from standard input; None = when stdin and the console are terminals. Without keys
+            the display is the plain table whose pages turn on their own.
+        on_quit: called when ``q`` is pressed on the table; default: raise SIGINT in this process, i.e. exactly
+            what Ctrl-C does.
+
+    Keys (when reading them): see :data:`~streamemg.ui.navigation.KEYS_HELP`; a key redraws at once.
 
     Attributes:
         refreshes: frames drawn so far.
@@ -129,6 +163,10 @@ class Dashboard:
         cpu_clock: Callable[[], float] = time.thread_time,
         cost_window_s: float = 10.0,
         final_summary: bool = True,
+        detail_fn: Callable[[str], StreamDetail | None] | None = None,
+        bundle: ModelBundle | None = None,
+        keys: bool | None = None,
+        on_quit: Callable[[], None] | None = None,
     ) -> None:
         if not (isinstance(refresh_hz, (int, float)) and math.isfinite(refresh_hz) and 0 < refresh_hz <= 60):
             raise ConfigError(
@@ -148,6 +186,15 @@ class Dashboard:
         self.cpu_clock = cpu_clock
         self.cost_window_s = float(cost_window_s)
         self.final_summary = final_summary
+        self.detail_fn = detail_fn
+        self.bundle = bundle
+        self.keys = keys
+        self.on_quit = on_quit if on_quit is not None else _raise_sigint
+        self.nav = Navigator()
+        self._reader: KeyReader | None = None
+        self._inspector: WindowInspector | None = None
+        self._inspector_failed = False
+        self._inspection: tuple[tuple[str, int], Inspection | None] | None = None
         self.renderer = DashboardRenderer()
         self.refreshes = 0
         self.skipped = 0
@@ -181,6 +228,11 @@ class Dashboard:
             self._stop_live()
             self._closed = True
             raise
+        want_keys = self.keys if self.keys is not None else (self.console.is_terminal and _stdin_is_terminal())
+        if want_keys:
+            self._reader = KeyReader(self.on_key).__enter__()
+            if not self._reader.active:
+                self._reader = None
         self._task = asyncio.create_task(self._run(), name="dashboard")
         return self
 
@@ -199,6 +251,9 @@ class Dashboard:
         if self._closed:
             return
         self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -237,6 +292,37 @@ class Dashboard:
         """The page to show now (it advances every ``page_s`` seconds; rendering wraps it around)."""
         return max(0, int((self.clock() - self._t0) // self.page_s))
 
+    @property
+    def reading_keys(self) -> bool:
+        """True while keys are read from the terminal."""
+        return self._reader is not None and self._reader.active
+
+    # -------------------------------------------------------------------------------- keys
+    def on_key(self, key: str) -> None:
+        """Apply one key (see :class:`Navigator`) and redraw at once. Safe to call without a terminal (tests)."""
+        if self._closed or self._failure is not None:
+            return
+        snap = self.last_snapshot
+        if snap is None:
+            return
+        try:
+            order = [st.stream_id for st in visible_streams(snap, self.nav.active_filter)]
+            per_page = rows_per_page(snap, self._height()) or len(order) or 1
+            self.nav.handle(key, order, per_page)
+            if self.nav.editing is not None or key == "/":  # the filter changed: keep the selection on a match
+                self.nav.sync([st.stream_id for st in visible_streams(snap, self.nav.active_filter)])
+            if self.nav.quit_requested:
+                self.nav.quit_requested = False
+                self.on_quit()
+            if self._live is not None and self._live.is_started:
+                self.refresh()
+        except Exception as exc:  # a key must never take the display down silently
+            self._failure = exc
+            self._stop_live()
+            log.error("dashboard key handling failed: %s", exc, exc_info=True)
+            if self._task is not None:
+                self._task.cancel()
+
     # -------------------------------------------------------------------------------- frames
     def refresh(self) -> None:
         """Draw one frame now: snapshot, render, write; its CPU time is added to the cost figures."""
@@ -247,9 +333,7 @@ class Dashboard:
         snapshot = self.snapshot_fn()
         self.last_snapshot = snapshot
         note = f"dashboard {self.cost_fraction:.1%} CPU"
-        height = self.console.size.height if (self.screen or self.console.is_terminal) else None
-        view = self.renderer.render(snapshot, height=height, page=self.page_index(), note=note, page_s=self.page_s)
-        live.update(view, refresh=True)
+        live.update(self._view(snapshot, note), refresh=True)
         cpu = max(0.0, self.cpu_clock() - cpu0)
         self.refreshes += 1
         self.last_cpu_s = cpu
@@ -279,6 +363,64 @@ class Dashboard:
             log.error("dashboard refresh failed: %s", exc, exc_info=True)
             raise
 
+    def _height(self) -> int | None:
+        return self.console.size.height if (self.screen or self.console.is_terminal) else None
+
+    def _view(self, snapshot: PipelineSnapshot, note: str) -> RenderableType:
+        """The frame for the current screen: the table, a stream view or the keys."""
+        height = self._height()
+        nav = self.nav
+        if self._reader is None and self.keys is not True:  # no keys: today's self-paging table
+            return self.renderer.render(snapshot, height=height, page=self.page_index(), note=note, page_s=self.page_s)
+        order = [st.stream_id for st in visible_streams(snapshot, nav.active_filter)]
+        nav.sync(order)
+        if nav.screen == "stream" and nav.selected is not None:
+            detail = self._detail(snapshot, nav.selected)
+            return StreamView(detail, self._inspect(detail), trained=snapshot.trained, note=note, height=height)
+        if nav.screen == "help":
+            return Group(self.renderer.header(snapshot), _help_panel())
+        controls = TableControls(
+            selected=nav.selected,
+            name_filter=nav.active_filter,
+            editing=nav.editing is not None,
+            follow_selection=nav.interacted,
+        )
+        return self.renderer.render(
+            snapshot, height=height, page=self.page_index(), note=note, page_s=self.page_s, controls=controls
+        )
+
+    def _detail(self, snapshot: PipelineSnapshot, stream_id: str) -> StreamDetail | None:
+        if self.detail_fn is not None:
+            return self.detail_fn(stream_id)
+        row = next((st for st in snapshot.streams if st.stream_id == stream_id), None)
+        if row is None:
+            return None
+        empty = np.zeros((0, row.n_channels), dtype=np.float32)
+        return StreamDetail(row, tuple(f"ch{i + 1}" for i in range(row.n_channels)), "uV", {}, empty, row.fs)
+
+    def _inspect(self, detail: StreamDetail | None) -> Inspection | None:
+        """The model's view of the detail's newest window, computed once per new window of the shown stream."""
+        if detail is None or detail.window is None or detail.stream.last is None or self.bundle is None:
+            return None
+        key = (detail.stream.stream_id, detail.stream.last.index)
+        if self._inspection is not None and self._inspection[0] == key:
+            return self._inspection[1]
+        result = None
+        if not self._inspector_failed:
+            try:
+                if self._inspector is None:
+                    from .inspect import WindowInspector
+
+                    self._inspector = WindowInspector(self.bundle)
+                quality = detail.stream.last.channel_quality
+                ch = next((i for i, q in enumerate(quality) if q == "ok"), 0) if quality else 0
+                result = self._inspector.inspect(detail.window[:, min(ch, detail.window.shape[1] - 1)])
+            except Exception as exc:  # the view still shows the signal; say why the spectrogram is missing
+                self._inspector_failed = True
+                log.warning("stream view: the spectrogram could not be computed: %s", exc)
+        self._inspection = (key, result)
+        return result
+
     def _prune_costs(self, now: float) -> None:
         limit = now - self.cost_window_s
         costs = self._costs
@@ -296,3 +438,32 @@ class Dashboard:
                 with contextlib.suppress(Exception):  # a summary is a courtesy; never mask the real outcome
                     self.console.print(self.renderer.header(self.last_snapshot))
 
+
+
+def _raise_sigint() -> None:
+    """What ``q`` does by default: the same signal as Ctrl-C, so the run stops by its ordinary path."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def _stdin_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _help_panel() -> Panel:
+    table = Table.grid(padding=(0, 3))
+    table.add_column(style=S_BOLD, no_wrap=True)
+    table.add_column(style=S_DIM)
+    for keys, what in KEYS_HELP:
+        table.add_row(keys, what)
+    return Panel(
+        Group(table, Text("\n? or Esc closes this", style=S_DIM)),
+        title=Text("keys", style=S_BOLD),
+        title_align="left",
+        box=box.ROUNDED,
+        padding=(0, 1),
+    )

@@ -56,6 +56,7 @@ from .format import (
     prob_bar,
     sparkline,
 )
+from .navigation import matches_filter
 from .snapshot import PipelineSnapshot, StreamSnapshot
 
 # ----------------------------------------------------------------------------------------------- sorting and paging
@@ -94,6 +95,35 @@ def stream_rank(s: StreamSnapshot) -> int:
 def sort_streams(streams: Iterable[StreamSnapshot]) -> list[StreamSnapshot]:
     """Streams in display order: by :func:`stream_rank`, then by name (natural order), then by id."""
     return sorted(streams, key=lambda s: (stream_rank(s), _natural_key(s.name), s.stream_id))
+
+
+def visible_streams(snapshot: PipelineSnapshot, name_filter: str = "") -> list[StreamSnapshot]:
+    """The streams the table lists, in display order: :func:`sort_streams`, then the name filter (substring,
+    any case; "" = all)."""
+    ordered = sort_streams(snapshot.streams)
+    if name_filter:
+        ordered = [s for s in ordered if matches_filter(s.name, name_filter)]
+    return ordered
+
+
+@dataclass(frozen=True, slots=True)
+class TableControls:
+    """What the keys add to the table: a selected row, a name filter and the keys line.
+
+    Attributes:
+        selected: id of the highlighted stream (None: no highlight).
+        name_filter: only streams whose name contains this (any case) are listed; "" = all.
+        editing: the filter is being typed: the footer shows it with a cursor.
+        follow_selection: show the page that holds the selected stream (instead of the ``page`` argument).
+    """
+
+    selected: str | None = None
+    name_filter: str = ""
+    editing: bool = False
+    follow_selection: bool = False
+
+
+_SELECTED = Style(reverse=True)
 
 
 def _header_height(snapshot: PipelineSnapshot) -> int:
@@ -223,7 +253,7 @@ class DashboardView:
     in screen mode sets to the terminal size); give them explicitly for a fixed layout.
     """
 
-    __slots__ = ("height", "note", "page", "page_s", "renderer", "snapshot", "width")
+    __slots__ = ("controls", "height", "note", "page", "page_s", "renderer", "snapshot", "width")
 
     def __init__(
         self,
@@ -234,7 +264,9 @@ class DashboardView:
         page: int,
         note: str | None,
         page_s: float | None = None,
+        controls: TableControls | None = None,
     ) -> None:
+        self.controls = controls
         self.renderer = renderer
         self.snapshot = snapshot
         self.width = width
@@ -247,7 +279,13 @@ class DashboardView:
         width = options.max_width if self.width is None else min(self.width, options.max_width)
         height = options.height if self.height is None else self.height
         yield from self.renderer.compose(
-            self.snapshot, width=width, height=height, page=self.page, note=self.note, page_s=self.page_s
+            self.snapshot,
+            width=width,
+            height=height,
+            page=self.page,
+            note=self.note,
+            page_s=self.page_s,
+            controls=self.controls,
         )
 
 
@@ -275,9 +313,10 @@ class DashboardRenderer:
         page: int = 0,
         note: str | None = None,
         page_s: float | None = None,
+        controls: TableControls | None = None,
     ) -> RenderableType:
         """See :func:`render`."""
-        return DashboardView(self, snapshot, width, height, page, note, page_s)
+        return DashboardView(self, snapshot, width, height, page, note, page_s, controls)
 
     def compose(
         self,
@@ -288,6 +327,7 @@ class DashboardRenderer:
         page: int = 0,
         note: str | None = None,
         page_s: float | None = None,
+        controls: TableControls | None = None,
     ) -> Iterator[RenderableType | Segment]:
         """The dashboard at a known size, as renderables (header, footer) and raw segments (the table).
 
@@ -298,12 +338,16 @@ class DashboardRenderer:
             page: page index (taken modulo the page count).
             note: extra text for the footer's key line (e.g. the driver's own CPU cost).
             page_s: seconds between page changes, shown in the footer when there are several pages.
+            controls: selection, name filter and the keys line (None: a display without keys).
         """
         width = max(20, width)
         yield self.header(snapshot, width=width)
-        ordered = sort_streams(snapshot.streams)
+        ordered = visible_streams(snapshot, controls.name_filter if controls else "")
         per_page = rows_per_page(snapshot, height)
         n_pages = page_count(len(ordered), per_page)
+        selected = controls.selected if controls else None
+        if controls is not None and controls.follow_selection and per_page is not None and selected is not None:
+            page = next((i for i, s in enumerate(ordered) if s.stream_id == selected), 0) // per_page
         page = page % n_pages
         if per_page is None:
             visible = ordered
@@ -314,8 +358,11 @@ class DashboardRenderer:
         layout = _layout(width)
         yield from self._table_header(layout)
         for s in visible:
-            yield from self._row(s, layout, width, snapshot.trained)
-        yield from self._footer(snapshot, page, n_pages, first, len(visible), note, page_s)
+            row = self._row(s, layout, width, snapshot.trained)
+            yield from (Segment.apply_style(row, post_style=_SELECTED) if s.stream_id == selected else row)
+        if controls is not None and controls.name_filter and not visible:
+            yield Text(f" no stream name contains {controls.name_filter!r}", style=S_WARN)
+        yield from self._footer(snapshot, page, n_pages, first, len(visible), note, page_s, controls, len(ordered))
 
     def header(self, snapshot: PipelineSnapshot, *, width: int | None = None) -> RenderableType:
         """The header panel: device, model, trained state, batching, totals and the status/label summary."""
@@ -562,6 +609,8 @@ class DashboardRenderer:
         n_visible: int,
         note: str | None,
         page_s: float | None,
+        controls: TableControls | None = None,
+        n_listed: int | None = None,
     ) -> Iterator[RenderableType]:
         errors = snapshot.errors[-MAX_ERRORS_SHOWN:]
         hidden = len(snapshot.errors) - len(errors)
@@ -578,14 +627,32 @@ class DashboardRenderer:
                 parts.append((" · ", S_DIM))
             parts += [(name, S_NONE), (" ", S_NONE), (f"{n:,}", S_WARN if n else S_DIM), (" dropped", S_DIM)]
         yield Text.assemble(*parts, no_wrap=True, overflow="ellipsis")
-        n = len(snapshot.streams)
-        keys: list[tuple[str, Style]] = [("Ctrl-C", S_BOLD), (" to stop", S_DIM), (" │ ", S_SEP)]
+        n = len(snapshot.streams) if n_listed is None else n_listed
+        keys: list[tuple[str, Style]]
+        if controls is None:
+            keys = [("Ctrl-C", S_BOLD), (" to stop", S_DIM), (" │ ", S_SEP)]
+        elif controls.editing:
+            yield Text.assemble(
+                ("filter /", S_BOLD), (controls.name_filter, S_NONE), ("▌", S_BOLD),
+                (f"  {n} of {len(snapshot.streams)} match", S_DIM), (" │ ", S_SEP),
+                ("Enter", S_BOLD), (" keep · ", S_DIM), ("Esc", S_BOLD), (" clear", S_DIM),
+                no_wrap=True, overflow="ellipsis",
+            )  # fmt: skip
+            return
+        else:
+            keys = [
+                ("↑↓", S_BOLD), (" select · ", S_DIM), ("Enter", S_BOLD), (" open · ", S_DIM),
+                ("/", S_BOLD), (" filter · ", S_DIM), ("?", S_BOLD), (" keys · ", S_DIM),
+                ("q", S_BOLD), (" or ", S_DIM), ("Ctrl-C", S_BOLD), (" to stop", S_DIM), (" │ ", S_SEP),
+            ]  # fmt: skip
+            if controls.name_filter:
+                keys += [(f"filter {controls.name_filter!r}: {n} of {len(snapshot.streams)}", S_WARN), (" │ ", S_SEP)]
         if n_pages > 1:
             keys += [
                 (f"page {page + 1}/{n_pages}", S_BOLD),
                 (f" · rows {first + 1}-{first + n_visible} of {n}", S_DIM),
             ]
-            if page_s is not None:
+            if page_s is not None and not (controls is not None and controls.follow_selection):
                 keys.append((f" · pages turn every {page_s:g} s", S_DIM))
         else:
             keys.append((f"all {n} stream{'s' if n != 1 else ''}", S_DIM))
@@ -606,6 +673,7 @@ def render(
     page: int = 0,
     note: str | None = None,
     page_s: float | None = None,
+    controls: TableControls | None = None,
 ) -> RenderableType:
     """The whole dashboard for one snapshot: a pure function of its arguments.
 
@@ -617,11 +685,14 @@ def render(
         page: which page of streams to show (taken modulo the page count; problem streams are on page 0).
         note: extra text for the footer's key line.
         page_s: if given, the footer says pages change every ``page_s`` seconds (when there are several).
+        controls: a selected row, a name filter and the keys line, for a display that takes keys.
 
     Returns:
         A ``rich`` renderable (print it on a Console or hand it to a ``Live``).
     """
-    return _SHARED.render(snapshot, width=width, height=height, page=page, note=note, page_s=page_s)
+    return _SHARED.render(
+        snapshot, width=width, height=height, page=page, note=note, page_s=page_s, controls=controls
+    )
 
 
 def render_header(snapshot: PipelineSnapshot, *, width: int | None = None) -> RenderableType:
