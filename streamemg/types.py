@@ -166,6 +166,9 @@ class Estimate:
         latency_ms: from the arrival of the window's newest sample to this estimate.
         trained: False when the model was never trained on real data; outputs then say "untrained".
         channel_quality: per-channel quality flags of the window.
+        qemg: the stream's quantitative MUAP analysis at this moment, in its compact JSON form
+            (:meth:`streamemg.qemg.QemgSummary.to_dict`: units, amplitude_uv, duration_ms, phases, ...,
+            ``flags``), or None when QEMG is off.
     """
 
     stream_id: str
@@ -181,6 +184,7 @@ class Estimate:
     latency_ms: float
     trained: bool = True
     channel_quality: tuple[str, ...] = ()
+    qemg: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by ``--no-dashboard``, the JSON-lines sink and MQTT."""
@@ -189,7 +193,7 @@ class Estimate:
             pairs = zip(CLASS_NAMES, p, strict=True)
             return {c: (None if not math.isfinite(v) else round(float(v), 6)) for c, v in pairs}
 
-        return {
+        out = {
             "stream": self.stream_id,
             "name": self.name,
             "index": self.index,
@@ -203,3 +207,6 @@ class Estimate:
             "latency_ms": round(float(self.latency_ms), 3),
             "model": "trained" if self.trained else "untrained",
         }
+        if self.qemg is not None:
+            out["qemg"] = dict(self.qemg)
+        return out

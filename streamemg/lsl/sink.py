@@ -12,6 +12,10 @@ For every input stream (on its announcement) an outlet named ``streamemg-<stream
 Plus one string marker outlet ``streamemg-markers`` (type ``Markers``) carrying ``"<stream name>: <label>"``
 whenever a stream's label changes (``untrained`` for an untrained model, ``none`` while withheld).
 
+When estimates carry quantitative MUAP analysis (``qemg``), one more string outlet ``<marker name>-qemg``
+(type ``QEMG``), created with the first such estimate, carries it as one JSON object per estimate:
+``{"stream": "<stream name>", "units": ..., "amplitude_uv": ..., ...}`` (docs/qemg.md).
+
 URI: ``lsl`` (or ``lsl:?prefix=streamemg-&markers=streamemg-markers``). Outlets are created off the event
 loop; ``push_sample`` of three floats costs a few microseconds, so pushes happen inline (the time of the
 slowest push is kept in :attr:`LSLSink.push_max_ms`).
@@ -19,6 +23,7 @@ slowest push is kept in :attr:`LSLSink.push_max_ms`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -34,6 +39,8 @@ from .executor import LSLExecutor, import_pylsl
 ESTIMATE_TYPE = "EMGEstimate"
 #: LSL content type of the marker outlet.
 MARKER_TYPE = "Markers"
+#: LSL content type of the QEMG outlet.
+QEMG_TYPE = "QEMG"
 
 
 def _release_blocking(holder: list[Any]) -> None:
@@ -65,6 +72,7 @@ class LSLSink:
         self._lsl_time: dict[str, bool] = {}
         self._labels: dict[str, str] = {}
         self._marker: Any = None
+        self._qemg: Any = None  # the QEMG outlet, created with the first estimate that carries qemg
         self._closed = False
         #: samples pushed per outlet name
         self.pushed: dict[str, int] = {}
@@ -94,9 +102,10 @@ class LSLSink:
         self._closed = True
         holder: list[Any] = list(self._outlets.values())
         self._outlets.clear()
-        if self._marker is not None:
-            holder.append(self._marker)
-            self._marker = None
+        for attr in ("_marker", "_qemg"):
+            if getattr(self, attr) is not None:
+                holder.append(getattr(self, attr))
+                setattr(self, attr, None)
         ex, self._executor = self._executor, None
         if ex is not None:
             try:
@@ -120,6 +129,15 @@ class LSLSink:
         desc = info.desc()
         desc.append_child_value("manufacturer", "streamemg")
         desc.append_child_value("content", "label changes of the streamemg estimates: '<stream name>: <label>'")
+        return pylsl.StreamOutlet(info, chunk_size=0, max_buffered=360)
+
+    def _make_qemg_outlet(self) -> Any:
+        pylsl = self._pylsl
+        name = f"{self.marker_name}-qemg"
+        info = pylsl.StreamInfo(name, QEMG_TYPE, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string, f"streamemg-qemg:{name}")
+        desc = info.desc()
+        desc.append_child_value("manufacturer", "streamemg")
+        desc.append_child_value("content", "quantitative MUAP analysis per estimate, JSON: {'stream': name, ...}")
         return pylsl.StreamOutlet(info, chunk_size=0, max_buffered=360)
 
     def _make_estimate_outlet(self, outlet_name: str, info: StreamInfo) -> Any:
@@ -187,6 +205,10 @@ class LSLSink:
             # an estimate without announcement (should not happen in the pipeline): announce from what we know
             await self.announce(StreamInfo(estimate.stream_id, estimate.name, 1.0, ("?",)))
             outlet = self._outlets[estimate.stream_id]
+        if estimate.qemg is not None and self._qemg is None and self._executor is not None:
+            self._qemg = await self._executor.call(
+                self._make_qemg_outlet, timeout_s=10.0, what=f"creating LSL outlet {self.marker_name}-qemg"
+            )
         t_start = time.perf_counter()
         pylsl = self._pylsl
         stamp = float(estimate.time) if self._lsl_time.get(estimate.stream_id, False) else pylsl.local_clock()
@@ -203,6 +225,8 @@ class LSLSink:
                 if self._marker is not None:
                     self._marker.push_sample([f"{estimate.name}: {label}"], stamp)
                     self.markers += 1
+            if estimate.qemg is not None and self._qemg is not None:
+                self._qemg.push_sample([json.dumps({"stream": estimate.name, **estimate.qemg}, allow_nan=False)], stamp)
         except (RuntimeError, ValueError) as exc:
             raise SinkError(f"LSL outlet for {estimate.name!r}: push failed ({exc})") from exc
         self.push_max_ms = max(self.push_max_ms, (time.perf_counter() - t_start) * 1000.0)

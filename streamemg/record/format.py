@@ -78,6 +78,7 @@ def estimate_to_json(estimate: Estimate) -> dict[str, Any]:
         "latency_ms": float(estimate.latency_ms) if math.isfinite(estimate.latency_ms) else None,
         "trained": bool(estimate.trained),
         "channel_quality": list(estimate.channel_quality),
+        "qemg": dict(estimate.qemg) if estimate.qemg is not None else None,
     }
 
 
@@ -104,6 +105,7 @@ def estimate_from_json(d: Mapping[str, Any]) -> Estimate:
         latency_ms=num(d["latency_ms"]),
         trained=bool(d["trained"]),
         channel_quality=tuple(d.get("channel_quality", ())),
+        qemg=d.get("qemg"),
     )
 
 

@@ -1,0 +1,137 @@
+"""Causal MUAP detection and extraction on a stream's filtered samples, one block (a hop) at a time.
+
+A candidate discharge is a local maximum of ``|x|`` above ``k_detect`` times the channel's baseline noise
+(and above ``min_uv``), at least ``dead_ms`` from the previous candidate (the largest peak in that span wins,
+so one potential gives one candidate). Each candidate is cut out of the signal as a segment of
+``pre_ms + post_ms`` aligned on that peak. A peak is only decided once ``post_ms`` of signal after it has
+arrived, so the detector is causal with a delay of ``post_ms``; it keeps ``pre + post + dead`` samples per
+channel between blocks (bounded memory) and does no per-sample Python (scipy's ``find_peaks`` per channel
+per block).
+
+Baseline noise: the signal of each block is cut into pieces of ``noise_piece_ms``; the noise is the 20th
+percentile of the pieces' RMS (the quietest stretches between discharges), smoothed over blocks. A plain
+median of ``|x|`` would count the potentials themselves as noise at moderate effort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import signal
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Candidates of one channel found in one block.
+
+    Attributes:
+        channel: channel index.
+        times: global sample index of each candidate's peak, shape (E,), int64.
+        segments: the aligned segments, float64 (E, L), µV; the peak sits at index ``pre``.
+    """
+
+    channel: int
+    times: I64
+    segments: F64
+
+
+class Detector:
+    """Streaming detector for all channels of one stream.
+
+    Args:
+        fs: sampling rate of the samples given to :meth:`process`, Hz.
+        n_channels: channels.
+        pre_ms, post_ms: segment span before and after the aligning peak, ms.
+        dead_ms: smallest spacing of two candidates on one channel, ms.
+        k_detect: detection threshold in multiples of the baseline noise.
+        min_uv: detection threshold floor, µV.
+        noise_piece_ms: piece length for the noise estimate, ms.
+    """
+
+    def __init__(
+        self,
+        fs: float,
+        n_channels: int,
+        *,
+        pre_ms: float,
+        post_ms: float,
+        dead_ms: float,
+        k_detect: float,
+        min_uv: float,
+        noise_piece_ms: float = 5.0,
+    ) -> None:
+        self.fs = float(fs)
+        self.n_channels = int(n_channels)
+        self.pre = max(1, round(pre_ms * fs / 1000.0))
+        self.post = max(1, round(post_ms * fs / 1000.0))
+        self.dead = max(1, round(dead_ms * fs / 1000.0))
+        self.k_detect = float(k_detect)
+        self.min_uv = float(min_uv)
+        self.piece = max(4, round(noise_piece_ms * fs / 1000.0))
+        self.keep = self.pre + self.post + self.dead
+        self._offsets = np.arange(-self.pre, self.post, dtype=np.int64)
+        self.buf = np.zeros((self.n_channels, 0), dtype=np.float64)
+        self.buf_start = 0  # global sample index of buf[:, 0]
+        self.next_search = self.pre  # first global sample not yet searched for peaks
+        self.last_peak = np.full(self.n_channels, -(10**12), dtype=np.int64)
+        self.noise = np.full(self.n_channels, np.nan)
+        self.samples_seen = 0
+
+    @property
+    def threshold(self) -> F64:
+        """Current detection threshold per channel, µV, shape (C,)."""
+        noise = np.where(np.isfinite(self.noise), self.noise, 0.0)
+        return np.asarray(np.maximum(self.k_detect * noise, self.min_uv), dtype=np.float64)
+
+    def _update_noise(self, block: npt.NDArray[np.floating]) -> None:
+        n = block.shape[0]
+        k = n // self.piece
+        if k < 2:
+            return
+        pieces = block[: k * self.piece].reshape(k, self.piece, self.n_channels)
+        rms = np.sqrt(np.mean(np.square(pieces, dtype=np.float64), axis=1))  # (k, C)
+        est = np.nanpercentile(rms, 20.0, axis=0) if not np.isfinite(rms).all() else np.percentile(rms, 20.0, axis=0)
+        first = ~np.isfinite(self.noise)
+        self.noise = np.where(first, est, 0.8 * np.where(first, 0.0, self.noise) + 0.2 * est)
+
+    def process(self, block: npt.NDArray[np.floating]) -> list[Detections]:
+        """Take the next samples, float (n, C) µV; return the candidates that became decidable, per channel."""
+        if block.ndim != 2 or block.shape[1] != self.n_channels:
+            raise ValueError(f"QEMG detector: block shaped {block.shape}, expected (n, {self.n_channels})")
+        n = block.shape[0]
+        if n == 0:
+            return []
+        clean = np.nan_to_num(np.asarray(block, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        self._update_noise(clean)
+        self.samples_seen += n
+        x = np.concatenate([self.buf, clean.T], axis=1)  # (C, M)
+        base = self.buf_start
+        m = x.shape[1]
+        lo = self.next_search - base
+        hi = m - self.post
+        out: list[Detections] = []
+        if hi > lo:
+            start = max(0, lo - self.dead)
+            thr = self.threshold
+            for c in range(self.n_channels):
+                a = np.abs(x[c, start:])
+                peaks, _ = signal.find_peaks(a, height=thr[c], distance=self.dead)
+                p = peaks.astype(np.int64) + start
+                p = p[(p >= lo) & (p < hi)]
+                if p.size and p[0] + base - self.last_peak[c] < self.dead:
+                    p = p[1:]
+                if not p.size:
+                    continue
+                self.last_peak[c] = int(p[-1]) + base
+                segs = x[c][p[:, None] + self._offsets]
+                out.append(Detections(c, p + base, segs))
+            self.next_search = base + hi
+        keep = min(m, self.keep)
+        self.buf = x[:, m - keep :].copy()
+        self.buf_start = base + m - keep
+        return out

@@ -1,0 +1,197 @@
+"""Clinical measures of one motor-unit action potential (MUAP) template and of a unit's firing.
+
+Definitions (written out in docs/qemg.md; all on the template, i.e. the average of a unit's aligned
+discharges, after its baseline was removed):
+
+* **amplitude** (µV): peak-to-peak, maximum minus minimum of the template.
+* **duration** (ms): from the first to the last sample at which the template departs from the baseline by
+  at least ``max(rel * amplitude, k_noise * baseline noise)``, taken over the stretch that holds the main
+  peak; stretches separated from it by more than ``gap_ms`` of baseline (late, linked potentials) are
+  left out.
+* **phases**: baseline crossings inside the duration + 1; samples within the same threshold of the baseline
+  are ignored, so noise around zero does not add crossings.
+* **turns**: changes of direction inside the duration whose excursion from the previous turn is at least
+  ``turn_uv`` (25 µV, Stålberg's convention).
+* **area** (µV·ms): the rectified area inside the duration; **thickness** (ms) = area / amplitude.
+* **firing rate** (Hz) and **CV**: from the inter-discharge intervals (IDIs) of the unit: IDIs outside
+  0.5-1.5 times their median (missed or doubled detections) are left out; rate = 1 / mean IDI, CV = SD / mean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+#: Turns are counted for excursions of at least this many µV (Stålberg's multi-MUP convention).
+TURN_UV = 25.0
+#: Polyphasic: more than this many phases.
+POLYPHASIC_PHASES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WaveformMeasures:
+    """The measures of one template (see the module docstring).
+
+    Attributes:
+        amplitude_uv: peak-to-peak, µV.
+        duration_ms: baseline departure to return, ms.
+        phases: baseline crossings + 1.
+        turns: direction changes of at least ``TURN_UV``.
+        area_uv_ms: rectified area inside the duration, µV·ms.
+        thickness_ms: area / amplitude, ms.
+        onset: sample index of the duration's first sample in the template; end: of its last sample.
+        initial_positive: True when the first phase inside the duration is positive (recorded sign).
+    """
+
+    amplitude_uv: float
+    duration_ms: float
+    phases: int
+    turns: int
+    area_uv_ms: float
+    thickness_ms: float
+    onset: int
+    end: int
+    initial_positive: bool
+
+
+def remove_baseline(template: npt.ArrayLike, edge: int) -> tuple[F64, float]:
+    """Subtract the mean of the first and last ``edge`` samples; return (template, SD of those samples).
+
+    Args:
+        template: (L,) µV.
+        edge: samples at each end that count as baseline (>= 1).
+    """
+    w = np.asarray(template, dtype=np.float64)
+    e = max(1, min(int(edge), w.size // 4))
+    ends = np.concatenate([w[:e], w[-e:]])
+    base = float(ends.mean())
+    return w - base, float(ends.std())
+
+
+def waveform_measures(
+    template: npt.ArrayLike,
+    fs: float,
+    *,
+    noise_uv: float = 0.0,
+    rel: float = 0.03,
+    k_noise: float = 3.0,
+    gap_ms: float = 1.5,
+    turn_uv: float = TURN_UV,
+) -> WaveformMeasures:
+    """Measure one baseline-corrected template.
+
+    Args:
+        template: (L,) µV, baseline at 0 (see :func:`remove_baseline`).
+        fs: sampling rate of the template, Hz.
+        noise_uv: SD of the template's baseline, µV (raises the duration threshold above the noise).
+        rel: duration threshold as a fraction of the amplitude.
+        k_noise: duration threshold as a multiple of ``noise_uv``.
+        gap_ms: a stretch of baseline longer than this ends the potential.
+        turn_uv: smallest excursion that counts as a turn, µV.
+    """
+    w = np.asarray(template, dtype=np.float64)
+    if w.size < 3:
+        return WaveformMeasures(0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    hi, lo = float(w.max()), float(w.min())
+    amp = hi - lo
+    if amp <= 0:
+        return WaveformMeasures(0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    thr = max(rel * amp, k_noise * noise_uv)
+    above = np.flatnonzero(np.abs(w) >= thr)
+    if above.size == 0:  # the baseline is noisier than the potential: nothing measurable
+        return WaveformMeasures(amp, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    peak = int(np.argmax(np.abs(w)))
+    gap = max(1, round(gap_ms * fs / 1000.0))
+    # runs of above-threshold samples, merged across gaps shorter than ``gap``; keep the one holding the peak
+    breaks = np.flatnonzero(np.diff(above) > gap)
+    starts = np.concatenate([[above[0]], above[breaks + 1]])
+    ends = np.concatenate([above[breaks], [above[-1]]])
+    which = int(np.searchsorted(ends, peak))
+    which = min(which, starts.size - 1)
+    onset, end = int(starts[which]), int(ends[which])
+    seg = w[onset : end + 1]
+    duration = (end - onset) * 1000.0 / fs
+    big = seg[np.abs(seg) >= thr]
+    phases = int(np.count_nonzero(np.diff(np.sign(big)) != 0)) + 1 if big.size else 0
+    turns = count_turns(seg, turn_uv)
+    area = float(np.abs(seg).sum()) * 1000.0 / fs
+    return WaveformMeasures(
+        amplitude_uv=amp,
+        duration_ms=duration,
+        phases=phases,
+        turns=turns,
+        area_uv_ms=area,
+        thickness_ms=area / amp,
+        onset=onset,
+        end=end,
+        initial_positive=bool(big.size and big[0] > 0),
+    )
+
+
+def count_turns(x: npt.ArrayLike, min_uv: float) -> int:
+    """Direction changes of ``x`` whose excursion from the previous turning point is at least ``min_uv``.
+
+    Works on the local extrema only (a few dozen per potential), not per sample.
+    """
+    k = np.asarray(x, dtype=np.float64)
+    if k.size < 3:
+        return 0
+    d = np.sign(np.diff(k))
+    nz = np.flatnonzero(d)
+    if nz.size < 2:
+        return 0
+    d = d[nz]
+    idx = nz[np.flatnonzero(np.diff(d) != 0) + 1]  # samples at which the direction changed
+    extrema = np.concatenate([[k[0]], k[idx], [k[-1]]])
+    turns = 0
+    ref = float(extrema[0])
+    direction = 0.0
+    for v in extrema[1:]:
+        step = float(v) - ref
+        if direction == 0.0:
+            if abs(step) >= min_uv:
+                direction, ref = math.copysign(1.0, step), float(v)
+        elif step * direction > 0:
+            ref = float(v)
+        elif abs(step) >= min_uv:
+            turns += 1
+            direction, ref = -direction, float(v)
+    return turns
+
+
+def firing_stats(times_s: npt.ArrayLike, min_isi_s: float = 0.015) -> tuple[float, float, int]:
+    """Firing rate (Hz), its coefficient of variation, and the number of intervals used.
+
+    Missed discharges (superimposed on another unit's) make intervals of 2, 3... times the true one and
+    doubled detections make very short ones, so the rate comes from the shortest consistent group of
+    inter-discharge intervals (IDIs): IDIs under ``min_isi_s`` are dropped; the reference is the 25th
+    percentile of the rest; then twice, the IDIs within 0.5-1.5 times the reference are kept and the
+    reference becomes their mean. Rate = 1 / reference, CV = SD / mean of the kept IDIs.
+
+    Args:
+        times_s: discharge times of one unit, s, increasing, shape (N,).
+
+    Returns:
+        (rate, cv, n_intervals); rate and cv are NaN with fewer than 3 usable intervals.
+    """
+    t = np.asarray(times_s, dtype=np.float64)
+    nan = float("nan")
+    if t.size < 4:
+        return nan, nan, 0
+    isi = np.diff(t)
+    isi = isi[isi >= min_isi_s]
+    if isi.size < 3:
+        return nan, nan, 0
+    ref = float(np.percentile(isi, 25.0))
+    kept = isi
+    for _ in range(2):
+        kept = isi[(isi >= 0.5 * ref) & (isi <= 1.5 * ref)]
+        if kept.size < 3:
+            return nan, nan, int(kept.size)
+        ref = float(kept.mean())
+    return 1.0 / ref, float(kept.std() / ref), int(kept.size)
