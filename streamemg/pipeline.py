@@ -40,6 +40,7 @@ from .estimates import (
     fuse_channels,
 )
 from .model import ModelBundle
+from .qemg.analyser import QemgAnalyser, QemgSettings
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
@@ -72,6 +73,8 @@ class PipelineSettings:
             default 0.25 s hop = the last 5 minutes); a bounded deque of references, one append per decision.
         quality, estimates: the quality gate and the rolling estimate settings.
         sink: queueing policy of every sink.
+        qemg: quantitative MUAP analysis per stream (``qemg.enabled=False`` turns it off; estimates then
+            carry no ``qemg``).
     """
 
     hop_s: float | None = None
@@ -89,6 +92,7 @@ class PipelineSettings:
     quality: QualitySettings = field(default_factory=QualitySettings)
     estimates: EstimateSettings = field(default_factory=EstimateSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
+    qemg: QemgSettings = field(default_factory=QemgSettings)
 
     def __post_init__(self) -> None:
         if self.hop_s is not None and not (math.isfinite(self.hop_s) and self.hop_s > 0):
@@ -180,6 +184,9 @@ class StreamState:
         self._level_sumsq = 0.0
         self._level_count = 0
         self._level_per_bin = max(1, round(settings.level_bin_s * info.fs))
+        # -- QEMG (streamemg.qemg): runs once per flushed block (at most one hop) on the native-rate samples,
+        # with its own MUAP-analysis filter; summarised once per estimate
+        self.qemg = QemgAnalyser(info.fs, c, settings.qemg) if settings.qemg.enabled else None
 
     # ---------------------------------------------------------------- ingest
     def accept_seq(self, chunk: Chunk) -> bool:
@@ -260,6 +267,8 @@ class StreamState:
         self._queued_n = 0
         self._track_level(block)
         self.raw_buffer.write(block)
+        if self.qemg is not None:
+            self.qemg.process(block)
         # non-finite samples are held at the last finite value inside StreamFilter (no step through the
         # high-pass); the raw buffer keeps them, so the quality gate flags the windows they touch
         out = self.resampler.process(self.filter.process(block))
@@ -345,6 +354,7 @@ class StreamState:
             quality=quality,
             latency_ms=latency_ms,
             trained=self.trained,
+            qemg=self.qemg.summary_dict() if self.qemg is not None else None,
             channel_quality=window.quality,
         )
         self.last_estimate = est

@@ -221,6 +221,7 @@ class QemgAnalyser:
         self._count = 0
         self._activity = float("nan")
         self._cache: tuple[tuple[int, ...], QemgSummary] | None = None
+        self._dict_cache: tuple[QemgSummary, dict[str, Any]] | None = None
 
     @property
     def samples_seen(self) -> int:
@@ -262,6 +263,15 @@ class QemgAnalyser:
         out = QemgSummary(tuple(units), self._activity, noise, self.n_channels, self.samples_seen / self.fs)
         self._cache = (key, out)
         return out
+
+    def summary_dict(self) -> dict[str, Any]:
+        """:meth:`summary` in its compact JSON form (cached with it); what estimates carry as ``qemg``."""
+        summ = self.summary()
+        if self._dict_cache is not None and self._dict_cache[0] is summ:
+            return self._dict_cache[1]
+        d = summ.to_dict()
+        self._dict_cache = (summ, d)
+        return d
 
     def _channel_units(self, c: int, ts: TemplateSet, oldest: int, thr: float) -> list[UnitMeasures]:
         s = self.settings
