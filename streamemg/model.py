@@ -48,6 +48,8 @@ __all__ = [
     "ModelBundle",
     "ModelConfig",
     "SpectroEMGNet",
+    "apply_site",
+    "bundle_fingerprint",
     "count_flops",
     "default_model_path",
     "load_bundle",
@@ -340,8 +342,29 @@ class Classifier(nn.Module):
         n_stats = self.stats.n_stats if self.stats is not None else 0
         self.net = SpectroEMGNet(self.features.n_freqs, self.config.n_classes, self.config.arch, n_stats)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.features(x), self.stats(x) if self.stats is not None else None)
+    def forward(self, x: Tensor, site: Tensor | None = None) -> Tensor:
+        """``(B, T)`` µV -> ``(B, K)`` logits.
+
+        Args:
+            x: windows at the model rate.
+            site: optional per-window site calibration ``(B, 2, 2, F)``: ``[scale, shift]`` per plane and
+                frequency (:meth:`streamemg.clinical.site.SiteProfile.tensor`; identity rows are ones and
+                zeros), applied to the features before the network, so windows of several sites share a batch.
+        """
+        f = self.features(x)
+        if site is not None:
+            f = apply_site(f, site)
+        return self.net(f, self.stats(x) if self.stats is not None else None)
+
+
+def apply_site(features: Tensor, site: Tensor) -> Tensor:
+    """``(B, 2, F, N)`` features, ``(B, 2, 2, F)`` per-window ``[scale, shift]`` -> calibrated features."""
+    if site.dim() != 4 or site.shape[0] != features.shape[0] or site.shape[1:] != (2, 2, features.shape[2]):
+        raise ValueError(
+            f"site calibration must be (B, 2, 2, F) = ({features.shape[0]}, 2, 2, {features.shape[2]}), "
+            f"got {tuple(site.shape)}"
+        )
+    return features * site[:, 0, :, :, None] + site[:, 1, :, :, None]
 
 
 # ---------------------------------------------------------------------------------------------- bundle
@@ -500,6 +523,24 @@ class ModelBundle:
                 "the bundle is inconsistent: re-create it with `streamemg train`"
             ) from exc
         return model.to(device).eval()
+
+
+def bundle_fingerprint(bundle: ModelBundle) -> str:
+    """16 hex digits identifying a bundle's weights and configuration (SHA-256 of both).
+
+    Two bundles with the same fingerprint compute the same function; a site profile records the fingerprint
+    of the model it was made for and is refused by any other.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(bundle.config.to_dict(), sort_keys=True).encode())
+    for key in sorted(bundle.state_dict):
+        t = bundle.state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def untrained_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelBundle:

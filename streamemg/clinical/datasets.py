@@ -105,7 +105,8 @@ class RecordingRef:
         path: the file to open with :func:`streamemg.clinical.recordings.read_recording` (``.hea`` or ``.asc.xz``).
         dataset: ``"emglab"``, ``"mendeley"`` or ``"emgdb"``.
         subject: globally unique subject key, e.g. ``"emglab:A03"``, ``"mendeley:Neuropathy-53"``.
-        label: the streamemg class (a member of ``CLASS_NAMES``).
+        label: the streamemg class (a member of ``CLASS_NAMES``), or ``""`` for an unlabelled recording
+            (bring-your-own-data manifests; usable for calibration and classification only).
         source_label: the class name as stored in the data set (``"Neuropathy"``, ``"Healthy"``, ...).
         record: the record name (file stem).
         site: recording site (``"copenhagen"``, ``"algiers"``, ``"physionet"``); cross-site splits use it.
@@ -132,15 +133,19 @@ class RecordingRef:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.label not in CLASS_NAMES:
-            raise DataFormatError(f"{self.record}: label {self.label!r} is not one of {CLASS_NAMES}")
+        if self.label not in CLASS_NAMES and self.label != "":
+            raise DataFormatError(
+                f"{self.record}: label {self.label!r} is not one of {CLASS_NAMES} (or '' for unlabelled)"
+            )
         start, stop = self.usable
         if not 0 <= start < stop <= self.n_samples:
             raise DataFormatError(f"{self.record}: usable range {self.usable} outside [0, {self.n_samples}]")
 
     @property
     def label_index(self) -> int:
-        """Position of :attr:`label` in ``CLASS_NAMES``."""
+        """Position of :attr:`label` in ``CLASS_NAMES`` (DataFormatError for an unlabelled recording)."""
+        if not self.label:
+            raise DataFormatError(f"{self.path}: unlabelled recording; training and evaluation need its label")
         return CLASS_NAMES.index(self.label)
 
     @property

@@ -276,7 +276,7 @@ def prepare(
 
     quality = quality if quality is not None else QualitySettings()
     cache_root = (cache_dir or default_cache_dir()) / _cache_key(config, quality, grid_s)
-    cache_file = cache_root / f"{ref.dataset}_{ref.record}.npz"
+    cache_file = cache_root / f"{ref.dataset}_{ref.record}.npz".replace(":", "_")
     if cache_file.exists():
         try:
             with np.load(cache_file, allow_pickle=False) as z:
@@ -629,6 +629,27 @@ def predict_windows(model: nn.Module, windows: np.ndarray, batch: int = 256, dev
     return out
 
 
+def feature_reference(model: Any, prepared: Sequence[PreparedRecording], config: Any) -> dict[str, Any]:
+    """The training windows' per-plane, per-frequency feature mean and spread, sites weighted equally.
+
+    Stored in the bundle (``training["feature_reference"]``) as the target a site profile maps a new site to
+    (:mod:`streamemg.clinical.site`). Uses the quality-checked stream windows of every training recording.
+    """
+    from .site import feature_moments, recording_windows
+
+    by_site: dict[str, list[PreparedRecording]] = {}
+    for p in prepared:
+        by_site.setdefault(p.ref.site, []).append(p)
+    means, variances = [], []
+    for recs in by_site.values():
+        m = feature_moments(model.features, recording_windows(recs, int(config.window_samples)))
+        means.append(m["mean"])
+        variances.append(m["std"] ** 2 + m["mean"] ** 2)
+    mean = np.mean(means, axis=0)
+    std = np.sqrt(np.maximum(np.mean(variances, axis=0) - mean**2, 1e-12))
+    return {"mean": mean.round(5).tolist(), "std": std.round(5).tolist(), "sites": sorted(by_site)}
+
+
 def train_bundle(
     prepared: Sequence[PreparedRecording],
     config: Any,
@@ -659,6 +680,7 @@ def train_bundle(
     training["flops_per_window"] = int(count_flops(result.model, int(config.window_samples)))  # type: ignore[arg-type]
     training["parameters"] = int(sum(p.numel() for p in result.model.parameters()))
     training["torch"] = str(torch.__version__)
+    training["feature_reference"] = feature_reference(result.model, prepared, config)
     return ModelBundle(
         config=config,
         state_dict={k: v.detach().clone() for k, v in result.model.state_dict().items()},
@@ -692,13 +714,24 @@ def render_model_card(bundle: Any, command: str = "") -> str:
     ]
     if command:
         lines += [f"Command: `{command}`", ""]
+    origin = tr.get("adapted_from")
+    if isinstance(origin, dict):
+        base_data = ", ".join(f"{k} ({v.get('recordings')} recordings)" for k, v in (origin.get("data") or {}).items())
+        lines += [
+            f"**Adapted** (fine-tuned) from `{origin.get('file')}` ({origin.get('name')}, fingerprint "
+            f"{origin.get('fingerprint')}, trained on {base_data or 'unrecorded data'}) on the recordings below "
+            f"({tr.get('steps')} steps, layers `{(tr.get('settings') or {}).get('layers')}`).",
+            "",
+        ]
     for key, value in (tr.get("data") or {}).items():
         lines.append(
             f"- {key}: {value['recordings']} recordings, {value['subjects']} subjects, classes {value['classes']}"
         )
     lines += [
         f"- Epochs {tr.get('epochs')}, {tr.get('windows_per_epoch')} windows per epoch, {tr.get('seconds')} s on "
-        f"{tr.get('device')}; final training loss {tr.get('final_loss', float('nan')):.4f}",
+        f"{tr.get('device')}; final training loss {tr.get('final_loss', float('nan')):.4f}"
+        if "epochs" in tr
+        else f"- {tr.get('steps')} fine-tuning steps, {tr.get('seconds')} s on {tr.get('device')}",
         f"- Settings: `{json.dumps(tr.get('settings', {}))}`",
         "",
         "## Metrics",
