@@ -8,7 +8,9 @@ Useful to look at the dashboard, to check it at scale and to test it in a real t
 
 Streams are named ``<class>-<n>`` after the class their made-up estimates drift towards. Every 16 streams a
 few show the dashboard's problem states: one with clipping (label withheld), one stale, one reconnecting and
-one with too little activity.
+one with too little activity. In a terminal the keys work as in ``streamemg run`` (``?`` lists them); a stream
+view shows a made-up trace of motor-unit potentials and the made-up estimate history (there is no model here,
+so no spectrogram).
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import math
 import random
 import sys
 
+import numpy as np
+
 from streamemg.clock import monotonic
 from streamemg.types import CLASS_NAMES, Estimate, StreamStatus
 from streamemg.ui.dashboard import Dashboard
-from streamemg.ui.snapshot import PipelineSnapshot, StreamSnapshot
+from streamemg.ui.snapshot import PipelineSnapshot, StreamDetail, StreamSnapshot
 
 #: Typical RMS level (µV) of the made-up signal per class.
 _LEVEL_UV = {"Normal": 250.0, "ALS": 900.0, "Myopathy": 90.0}
 _LEVEL_BIN_S = 0.25
 _LEVEL_BINS = 24
+_TRACE_FS = 4000.0
+_TRACE_S = 1.5
 
 
 class FakePipeline:
@@ -49,6 +55,8 @@ class FakePipeline:
         self.rolling = [[1.0 / len(CLASS_NAMES)] * len(CLASS_NAMES) for _ in range(n_streams)]
         self.levels: list[collections.deque[float]] = [collections.deque(maxlen=_LEVEL_BINS) for _ in range(n_streams)]
         self.bins_done = 0
+        self.history: list[collections.deque[Estimate]] = [collections.deque(maxlen=1200) for _ in range(n_streams)]
+        self.last: PipelineSnapshot | None = None
 
     def _kind(self, i: int) -> str:
         return {3: "clipping", 5: "stale", 7: "reconnecting", 11: "low_activity"}.get(i % 16, "ok")
@@ -101,6 +109,9 @@ class FakePipeline:
                 latency_ms=10.0,
                 trained=self.trained,
             )
+            hist = self.history[i]
+            if not hist or hist[-1].index != est.index:
+                hist.append(est)
             p50 = 8.0 + 4.0 * rng.random()
             streams.append(
                 StreamSnapshot(
@@ -125,7 +136,7 @@ class FakePipeline:
         if self.n > 7 and t >= 2.0:
             errors = ("source sim:als?seed=7: outlet lost, retrying",)
         total_windows = sum(s.windows for s in streams)
-        return PipelineSnapshot(
+        self.last = PipelineSnapshot(
             device="cpu",
             model_name="fake-model" if self.trained else "fake-model (untrained)",
             trained=self.trained,
@@ -140,12 +151,60 @@ class FakePipeline:
             sink_drops={"jsonl:estimates.jsonl": 0},
             errors=errors,
         )
+        return self.last
+
+    def detail(self, stream_id: str) -> StreamDetail | None:
+        """The stream view's data for one stream: a made-up trace (µV, 4 kHz) and the estimate history."""
+        snap = self.last
+        row = next((s for s in snap.streams if s.stream_id == stream_id), None) if snap is not None else None
+        if row is None:
+            return None
+        i = next(k for k in range(self.n) if row.name.endswith(f"-{k + 1:03d}"))
+        n = int(_TRACE_S * _TRACE_FS)
+        t = monotonic() - self.t0
+        rng = np.random.default_rng([self.rng.getrandbits(32) & 0xFFFF, i, int(t * 4)])
+        cls = self.classes[i]
+        trace = np.empty((n, row.n_channels), dtype=np.float32)
+        for c in range(row.n_channels):
+            trace[:, c] = _made_up_emg(rng, n, cls, self._kind(i))
+        return StreamDetail(
+            stream=row,
+            channels=tuple(f"ch{c + 1}" for c in range(row.n_channels)),
+            units="uV",
+            meta={},
+            trace=trace,
+            trace_fs=_TRACE_FS,
+            window=trace[-int(_TRACE_FS) :],
+            history=tuple(self.history[i]),
+            reconnects=1 if self._kind(i) == "reconnecting" and t >= 2.0 else 0,
+        )
+
+
+def _made_up_emg(rng: np.random.Generator, n: int, cls: str, kind: str) -> np.ndarray:
+    """Motor-unit-like potentials (biphasic spikes, wider and larger for ALS, small and polyphasic for
+    Myopathy) on background noise: ``(n,)`` µV at 4 kHz. Not physiology, just something to look at."""
+    width = {"Normal": 8.0, "ALS": 16.0, "Myopathy": 4.0}[cls]
+    amp = _LEVEL_UV[cls] * 2.5
+    x = rng.normal(0.0, 0.05 * amp, n)
+    k = np.arange(-4 * int(width), 4 * int(width) + 1)
+    shape = -k / width * np.exp(-0.5 * (k / width) ** 2)
+    if cls == "Myopathy":
+        shape = shape * np.cos(k / width * 3.0)
+    spikes = np.zeros(n)
+    n_spikes = int(rng.integers(8, 20))
+    spikes[rng.integers(0, n, n_spikes)] = rng.uniform(0.5, 1.0, n_spikes) * amp
+    x += np.convolve(spikes, shape, mode="same")
+    if kind == "clipping":
+        x = np.clip(x * 3, -amp * 0.8, amp * 0.8)
+    elif kind == "low_activity":
+        x *= 0.02
+    return x
 
 
 async def run(args: argparse.Namespace) -> int:
     """Show the dashboard for ``args.duration`` seconds (None: until Ctrl-C)."""
     fake = FakePipeline(args.streams, trained=not args.untrained, seed=args.seed)
-    async with Dashboard(fake.snapshot, refresh_hz=args.refresh_hz, page_s=args.page_s) as dash:
+    async with Dashboard(fake.snapshot, refresh_hz=args.refresh_hz, page_s=args.page_s, detail_fn=fake.detail) as dash:
         if args.duration is None:
             await asyncio.Event().wait()
         else:

@@ -279,7 +279,7 @@ def _bottom(
     n_frames = ins.spectrogram.shape[1] if ins is not None else 61
     left_w = min(max(24, n_frames), max(24, width // 2 - _LABEL_W - 2)) + _LABEL_W + 1
     right_w = max(20, width - left_w - 3)
-    left = _spectrogram(ins, left_w, height)
+    left = _spectrogram(ins, left_w, height, d.window is not None)
     right = _history(d, right_w, height, untrained)
     out = []
     for a, b in zip(left, right, strict=True):
@@ -292,11 +292,12 @@ def _bottom(
     return out
 
 
-def _spectrogram(ins: Inspection | None, w: int, height: int) -> list[Text]:
+def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) -> list[Text]:
     plot_w = w - _LABEL_W - 1
     out = [Text.assemble(("spectrogram", _S_TITLE), (" newest window, ln µV²/Hz", S_DIM), no_wrap=True)]
     if ins is None:
-        out.append(Text("  (shown once a window is classified)", style=S_DIM))
+        why = "no model was given to the display" if has_window else "shown once a window is classified"
+        out.append(Text(f"  ({why})", style=S_DIM))
         out += [Text("")] * (height + 1)
         return out
     spec = ins.spectrogram
@@ -339,6 +340,10 @@ def _history(d: StreamDetail, w: int, height: int, untrained: bool) -> list[Text
     title = [("estimate history", _S_TITLE), (" rolling probability per class", S_DIM)]
     for c in CLASS_NAMES:
         title += [("  ━ ", S_GREY if untrained else CLASS_STYLES.get(c, DEFAULT_CLASS_STYLE)), (c, S_DIM)]
+    flags = sorted({q for e in hist for q in (e.quality, *e.channel_quality) if q != "ok"}, key=_rank)
+    title += [("  │ quality ", S_DIM), ("▁", S_OK), (" ok", S_DIM)]
+    for q in flags:
+        title += [("  █", QUALITY_STYLES.get(q, S_BAD)), (" " + q.replace("_", " "), S_DIM)]
     out = [Text.assemble(*title, no_wrap=True, overflow="ellipsis")]
     plot_w = max(8, w - 6)
     if len(hist) < 2:
@@ -405,17 +410,13 @@ def _quality_strip(hist: Sequence[Estimate], t: np.ndarray, t0: float, span: flo
         if not worst[c]:
             worst[c] = worst[c - 1]
     line = Text.assemble((fit("qual", 5, "right"), _S_AXIS), ("│", _S_AXIS))
-    flags_seen: set[str] = set()
     for q in worst:
         if not q:
             line.append(" ")
         elif q == "ok":
             line.append("▁", S_OK)
         else:
-            flags_seen.add(q)
             line.append("█", QUALITY_STYLES.get(q, S_BAD))
-    if flags_seen:
-        line.append("  " + " ".join(sorted(f.replace("_", " ") for f in flags_seen)), S_WARN)
     return line
 
 

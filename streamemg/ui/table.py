@@ -123,7 +123,8 @@ class TableControls:
     follow_selection: bool = False
 
 
-_SELECTED = Style(reverse=True)
+_SELECTED = Style(bgcolor="grey27")
+_SELECTED_MARK = Style(color="bright_white", bgcolor="grey27", bold=True)
 
 
 def _header_height(snapshot: PipelineSnapshot) -> int:
@@ -359,10 +360,20 @@ class DashboardRenderer:
         yield from self._table_header(layout)
         for s in visible:
             row = self._row(s, layout, width, snapshot.trained)
-            yield from (Segment.apply_style(row, post_style=_SELECTED) if s.stream_id == selected else row)
+            yield from (self._selected_row(row) if s.stream_id == selected else row)
         if controls is not None and controls.name_filter and not visible:
             yield Text(f" no stream name contains {controls.name_filter!r}", style=S_WARN)
         yield from self._footer(snapshot, page, n_pages, first, len(visible), note, page_s, controls, len(ordered))
+
+    @staticmethod
+    def _selected_row(row: list[Segment]) -> list[Segment]:
+        """The selected row: a ``▶`` in the margin and a grey background (colours of the cells kept)."""
+        body = list(Segment.apply_style(row[:-1], post_style=_SELECTED))
+        if body and body[0].text.startswith(" "):
+            first = body[0]
+            body[0] = Segment(first.text[1:], first.style)
+            body.insert(0, Segment("▶", _SELECTED_MARK))
+        return [*body, row[-1]]
 
     def header(self, snapshot: PipelineSnapshot, *, width: int | None = None) -> RenderableType:
         """The header panel: device, model, trained state, batching, totals and the status/label summary."""
@@ -392,6 +403,7 @@ class DashboardRenderer:
         line2 = Text.assemble(
             ("streams ", S_DIM),
             (f"{len(snapshot.streams):,}", S_BOLD),
+            *([(" + ", S_DIM), (f"{len(snapshot.connecting):,} connecting", S_WARN)] if snapshot.connecting else []),
             sep,
             ("windows ", S_DIM),
             (f"{snapshot.windows_total:,}", S_NONE),

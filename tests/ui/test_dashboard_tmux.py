@@ -1,11 +1,15 @@
-"""The dashboard in a real terminal: run it in a detached tmux window, read the pane like a person would.
+"""The dashboard in a real terminal: run it in a detached tmux window, press keys and read the pane like a
+person would.
 
 Each test starts its own tmux server (a unique ``-L`` socket name), so nothing is shared with other tmux
-users or other tests, and kills it at the end.
+users or other tests, and kills it at the end. With ``STREAMEMG_SCREENSHOTS=DIR`` the demo test also saves
+what the terminal showed (colours included) as PNG pictures in DIR, rendered by headless Chromium: that is how
+the pictures in ``docs/`` were made.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -44,8 +48,15 @@ class Pane:
             raise AssertionError(f"tmux {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
-    def capture(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", self.target)
+    def capture(self, escapes: bool = False) -> str:
+        """The visible screen as text (with ``escapes``: with its colours as ANSI escape sequences)."""
+        return self.tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", self.target)
+
+    def send(self, *keys: str) -> None:
+        """Press keys (tmux key names: ``Enter``, ``Escape``, ``Down``, ``PageDown``, or literal text)."""
+        for key in keys:
+            self.tmux("send-keys", "-t", self.target, key)
+            time.sleep(0.05)  # one key per read, as a person types
 
     def dead(self) -> tuple[bool, int | None]:
         """(has the command exited, its exit status)."""
@@ -112,6 +123,30 @@ def tmux_pane(argv: list[str], width: int = WIDTH, height: int = HEIGHT) -> Iter
         pane.tmux("kill-server", check=False)
         if socket_path:  # tmux leaves its socket file behind
             Path(socket_path).unlink(missing_ok=True)
+
+
+def screenshot(ansi: str, path: Path, width: int = WIDTH) -> bool:
+    """Render a captured screen (text with ANSI colours) to a PNG: rich draws it as SVG, Chromium takes the
+    picture. False when Chromium is not installed."""
+    from rich.console import Console
+    from rich.text import Text
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return False
+    console = Console(record=True, width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor")
+    console.print(Text.from_ansi(ansi), end="")
+    svg = path.with_suffix(".svg")
+    svg.write_text(console.export_svg(title="streamemg"), encoding="utf-8")
+    size = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg.read_text(encoding="utf-8"))
+    w, h = (int(float(size.group(1))) + 1, int(float(size.group(2))) + 1) if size else (1400, 900)
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={path}",
+         f"--window-size={w},{h}", svg.resolve().as_uri()],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    svg.unlink()
+    return path.exists()
 
 
 def has_all(*needles: str, pattern: re.Pattern[str] | None = None) -> Callable[[str], bool]:
@@ -182,6 +217,92 @@ def test_ctrl_c_stops_the_dashboard_cleanly() -> None:
         assert "streams 3" in after  # the final summary printed after leaving the alternate screen
 
 
+BRAILLE = re.compile("[\u2801-\u28ff]")
+
+
+def table_rows(text: str) -> list[str]:
+    """The stream rows under the table's column header."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.lstrip(" ▶").startswith("Stream"))
+    rows = []
+    for line in lines[at + 1 :]:
+        if not re.match(r"^[ ▶]\S", line):
+            break
+        rows.append(line)
+    return rows
+
+
+def selected_name(text: str) -> str:
+    """The name of the stream on the row marked ``▶``."""
+    row = next((r for r in table_rows(text) if r.startswith("▶")), None)
+    assert row is not None, f"no selected row on screen:\n{text}"
+    return row[1:].split()[0]
+
+
+def test_keys_select_filter_open_a_stream_and_go_back() -> None:
+    with tmux_pane([sys.executable, str(FAKE), "--streams", "12"]) as pane:
+        text = pane.wait_for(has_all("normal-001", "Enter open", "? keys"), timeout=30.0, what="the table with keys")
+        names = [r.lstrip(" ▶").split()[0] for r in table_rows(text)]
+        assert len(names) == 12, text
+        assert selected_name(text) == names[0]
+        pane.send("j", "j", "Down")
+        text = pane.wait_for(lambda t: selected_name(t) == names[3], timeout=10.0, what="the selection 3 rows down")
+        pane.send("k")
+        pane.wait_for(lambda t: selected_name(t) == names[2], timeout=10.0, what="the selection one row up")
+        pane.send("End")
+        pane.wait_for(lambda t: selected_name(t) == names[-1], timeout=10.0, what="the selection on the last row")
+        pane.send("Home")
+        pane.wait_for(lambda t: selected_name(t) == names[0], timeout=10.0, what="the selection on the first row")
+        # filter by name: only the matching rows stay, the footer says how many
+        pane.send("/", "m", "y", "o")
+        text = pane.wait_for(has_all("filter /myo▌"), timeout=10.0, what="the filter being typed")
+        pane.send("Enter")
+        text = pane.wait_for(has_all("filter 'myo': 4 of 12"), timeout=10.0, what="the applied filter")
+        rows = table_rows(text)
+        assert rows and all("myopathy-" in r for r in rows), text
+        target = selected_name(text)
+        assert target.startswith("myopathy-")
+        # open the stream view of the selected stream
+        pane.send("Enter")
+        text = pane.wait_for(
+            has_all(f"│ {target} │", "signal", "estimate history", "spectrogram", "Esc back"),
+            timeout=10.0,
+            what=f"the stream view of {target}",
+        )
+        assert "µV" in text and BRAILLE.search(text), text  # a trace with a µV scale
+        assert re.search(r"rolling Normal \d+% ALS \d+% Myopathy \d+%", text), text
+        assert "windows" in text and "p50/p99" in text and "seq gaps" in text and "reconnects" in text
+        # Esc goes back to the same selection under the same filter
+        pane.send("Escape")
+        text = pane.wait_for(has_all("Enter open", "filter 'myo'"), timeout=10.0, what="the table again")
+        assert selected_name(text) == target
+        # the keys are listed on ?, which closes on ? again
+        pane.send("?")
+        pane.wait_for(has_all("filter streams by name", "open the selected stream's view"), 10.0, "the keys")
+        pane.send("?")
+        pane.wait_for(has_all("Enter open"), timeout=10.0, what="the table after the keys")
+        # Esc clears the filter; q quits cleanly
+        pane.send("Escape")
+        text = pane.wait_for(lambda t: "filter 'myo'" not in t and "normal-001" in t, 10.0, "the unfiltered table")
+        pane.send("q")
+        assert pane.wait_exit(timeout=20.0) == 0
+        assert "Traceback" not in pane.capture()
+
+
+def test_paging_follows_the_selection() -> None:
+    with tmux_pane([sys.executable, str(FAKE), "--streams", "256"], height=30) as pane:
+        text = pane.wait_for(has_all("page 1/", "Enter open"), timeout=30.0, what="a paged table")
+        per_page = len(table_rows(text))
+        pane.send("PageDown")
+        text = pane.wait_for(has_all("page 2/"), timeout=10.0, what="page 2 after PageDown")
+        assert table_rows(text).index(next(r for r in table_rows(text) if r.startswith("▶"))) == 0
+        assert f"rows {per_page + 1}-" in text
+        pane.send("PageUp")
+        pane.wait_for(has_all("page 1/"), timeout=10.0, what="page 1 after PageUp")
+        pane.send("q")
+        assert pane.wait_exit(timeout=20.0) == 0
+
+
 def _demo_command() -> list[str] | None:
     """How to run ``streamemg demo`` with this interpreter, or None while the command does not exist."""
     for argv in ([sys.executable, "-m", "streamemg"], [str(Path(sys.executable).with_name("streamemg"))]):
@@ -194,7 +315,9 @@ def _demo_command() -> list[str] | None:
     return None
 
 
-def test_real_demo_in_a_real_terminal() -> None:
+@pytest.mark.slow
+def test_real_demo_pick_a_patient_and_look_at_it() -> None:
+    """The first thing a new user does: run the demo, pick patient-2, look at its signal, go back, quit."""
     argv = _demo_command()
     if argv is None:
         pytest.skip("`streamemg demo --duration S` is not available yet in this installation")
@@ -212,7 +335,35 @@ def test_real_demo_in_a_real_terminal() -> None:
         for row in rows:
             assert re.search(r"(Normal|ALS|Myopathy) \d+%|withheld: |untrained|waiting", row), row
         assert "Traceback" not in text
-        # Ctrl-C stops it cleanly and gives the terminal back
-        pane.tmux("send-keys", "-t", pane.target, "C-c")
+        assert "↑↓ select" in text and "Enter open" in text and "? keys" in text  # the keys are on screen
+        shots = os.environ.get("STREAMEMG_SCREENSHOTS")
+        # pick patient-2 with the arrow keys
+        for _ in range(3):
+            if selected_name(pane.capture()) == "patient-2":
+                break
+            pane.send("Down")
+            time.sleep(0.3)
+        pane.wait_for(lambda t: selected_name(t) == "patient-2", timeout=10.0, what="patient-2 selected")
+        if shots:
+            time.sleep(6.0)  # a few more seconds of history for the picture
+            assert screenshot(pane.capture(escapes=True), Path(shots) / "dashboard-table.png")
+        pane.send("Enter")
+        text = pane.wait_for(
+            lambda t: "│ patient-2 │" in t and "attention" in t and "ln µV²/Hz" in t and "100%┤" in t,
+            timeout=30.0,
+            what="patient-2's stream view with its trace, spectrogram, attention and estimate history",
+        )
+        assert BRAILLE.search(text) and "µV┤" in text, text  # the trace and its µV scale
+        assert "▀" in text  # the spectrogram heat map
+        assert re.search(r"attention\s*[▁▂▃▄▅▆▇█]{10,}", text), text  # attention weights over the frames
+        assert "Esc back" in text  # the way back is on screen
+        if shots:
+            time.sleep(4.0)
+            assert screenshot(pane.capture(escapes=True), Path(shots) / "dashboard-stream-view.png")
+        pane.send("Escape")
+        text = pane.wait_for(has_all("Enter open", "patient-1", "patient-3"), timeout=10.0, what="the table again")
+        assert selected_name(text) == "patient-2"
+        # q stops it cleanly (the same path as Ctrl-C) and gives the terminal back
+        pane.send("q")
         assert pane.wait_exit(timeout=60.0) == 0, pane.capture()
         assert "Traceback" not in pane.capture()
