@@ -1,0 +1,131 @@
+"""QEMG of the clinical data sets: the per-class table and the normative reference.
+
+``python -m streamemg.qemg.realdata --data DATA_DIR [--cache FILE] [--write-reference]`` analyses every usable
+EMGLAB N2001 and Mendeley recording (the manifests' files, A08's stale tail trimmed), prints the per-class
+table in Markdown (subject means: each subject's recordings averaged first, then mean ± SD over subjects) and,
+with ``--write-reference``, writes the normative reference from the EMGLAB Normal recordings into the package.
+``--cache FILE`` keeps the per-recording results (JSON lines) so a second run only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..clinical.datasets import find_recordings
+from ..types import CLASS_NAMES
+from .analyser import QemgSettings
+from .normative import REFERENCE_PATH, build_reference
+from .report import analyse_array
+
+#: Measures tabulated per class.
+TABLE_MEASURES: tuple[tuple[str, str, int], ...] = (
+    ("units", "units / horizon", 1),
+    ("amplitude_uv", "amplitude (µV)", 0),
+    ("duration_ms", "duration (ms)", 1),
+    ("phases", "phases", 2),
+    ("turns", "turns", 2),
+    ("thickness_ms", "thickness (ms)", 2),
+    ("polyphasic_pct", "polyphasic (%)", 0),
+    ("firing_hz", "firing rate (Hz)", 1),
+    ("firing_cv", "firing CV", 2),
+    ("recruitment_ratio", "recruitment ratio", 2),
+    ("fibrillations", "fibrillations / rec", 2),
+    ("positive_sharp_waves", "PSW / rec", 2),
+    ("fasciculations", "fasciculations / rec", 2),
+    ("noise_uv", "baseline noise (µV)", 1),
+)
+
+
+def analyse_refs(data: Path, cache: Path | None, settings: QemgSettings | None = None) -> list[dict[str, Any]]:
+    """One row per recording: QEMG ``to_dict`` plus dataset, subject, label, record."""
+    done: dict[str, dict[str, Any]] = {}
+    if cache is not None and cache.exists():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["record"]] = row
+    refs = find_recordings([data], datasets=["emglab", "mendeley"])
+    rows = []
+    fh = cache.open("a", encoding="utf-8") if cache is not None else None
+    try:
+        for i, ref in enumerate(refs):
+            key = f"{ref.dataset}:{ref.record}"
+            if key in done:
+                rows.append(done[key])
+                continue
+            rec = ref.load()
+            summ = analyse_array(rec.data, rec.fs, settings)
+            row = summ.to_dict()
+            row.update(record=key, dataset=ref.dataset, subject=ref.subject, label=ref.label, site=ref.site)
+            rows.append(row)
+            if fh is not None:
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+            print(f"[{i + 1}/{len(refs)}] {key} {ref.label}: {row['units']} units, amp {row['amplitude_uv']}",
+                  file=sys.stderr)
+    finally:
+        if fh is not None:
+            fh.close()
+    return rows
+
+
+def subject_means(rows: Sequence[dict[str, Any]], name: str) -> dict[str, float]:
+    """Mean of measure ``name`` per subject (recordings without a value are left out)."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        v = r.get(name)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            per[r["subject"]].append(float(v))
+    return {s: float(np.mean(v)) for s, v in per.items() if v}
+
+
+def class_table(rows: Sequence[dict[str, Any]], dataset: str) -> str:
+    """Markdown table: measure x class, mean ± SD over subjects (n subjects)."""
+    sel = [r for r in rows if r["dataset"] == dataset]
+    head = "| measure | " + " | ".join(CLASS_NAMES) + " |\n|---|" + "---|" * len(CLASS_NAMES) + "\n"
+    lines = []
+    for name, title, nd in TABLE_MEASURES:
+        cells = []
+        for cls in CLASS_NAMES:
+            sm = list(subject_means([r for r in sel if r["label"] == cls], name).values())
+            if not sm:
+                cells.append("-")
+                continue
+            sd = float(np.std(sm, ddof=1)) if len(sm) > 1 else 0.0
+            cells.append(f"{np.mean(sm):.{nd}f} ± {sd:.{nd}f} ({len(sm)})")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    n_rec = {c: sum(r["label"] == c for r in sel) for c in CLASS_NAMES}
+    n_sub = {c: len({r["subject"] for r in sel if r["label"] == c}) for c in CLASS_NAMES}
+    lines.append("| recordings (subjects) | " + " | ".join(f"{n_rec[c]} ({n_sub[c]})" for c in CLASS_NAMES) + " |")
+    return head + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m streamemg.qemg.realdata", description=__doc__)
+    p.add_argument("--data", required=True, help="the data folder (holding emglab_n2001/ and the Mendeley set)")
+    p.add_argument("--cache", default=None, help="JSON-lines file keeping per-recording results")
+    p.add_argument("--write-reference", action="store_true", help=f"write {REFERENCE_PATH.name} into the package")
+    args = p.parse_args(argv)
+    rows = analyse_refs(Path(args.data), Path(args.cache) if args.cache else None)
+    for ds in ("emglab", "mendeley"):
+        print(f"\n### {ds}: mean ± SD over subjects (number of subjects)\n")
+        print(class_table(rows, ds))
+    if args.write_reference:
+        normal = [r for r in rows if r["dataset"] == "emglab" and r["label"] == "Normal"]
+        ref = build_reference(normal, "EMGLAB N2001 Normal recordings (biceps brachii, low effort)")
+        REFERENCE_PATH.write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+        print(f"\nreference written: {REFERENCE_PATH.name} ({len(normal)} recordings)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
