@@ -31,7 +31,15 @@ from .buffer import RingBuffer
 from .clock import Clock, monotonic
 from .dsp import Resampler, StreamFilter
 from .engine import EngineSettings, InferenceEngine
-from .errors import ConfigError, StreamEMGError, StreamRateError
+from .errors import (
+    BrokerError,
+    ConfigError,
+    DataFormatError,
+    LSLUnavailableError,
+    ModelError,
+    StreamEMGError,
+    StreamRateError,
+)
 from .estimates import (
     EstimateSettings,
     QualitySettings,
@@ -50,6 +58,21 @@ log = logging.getLogger(__name__)
 
 #: Longest time (s) chunks of a live source are processed back to back before the loop gets a turn.
 _MAX_HOLD_S = 0.002
+
+#: Errors a restart cannot fix: the source is given up (bad settings, a stream that cannot be classified, a missing
+#: native library, a broker given up on by the user's own start_timeout, unreadable data).
+_PERMANENT_SOURCE_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    StreamRateError,
+    LSLUnavailableError,
+    BrokerError,
+    DataFormatError,
+    ModelError,
+)
+#: Restart backoff of a failed live source (s): doubles from the first up to the cap; back to the first after a
+#: restarted source has run for _SOURCE_HEALTHY_S.
+_SOURCE_RESTART_S = (0.5, 30.0)
+_SOURCE_HEALTHY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +487,12 @@ class Pipeline:
         self.started_at = clock()
         self.refused_streams = 0
         self.source_errors: dict[str, str] = {}
+        #: sources given up for good (uri -> why); a run whose sources all ended this way failed
+        self.failed_sources: dict[str, str] = {}
+        #: restarts of live sources after an internal error (uri -> count)
+        self.source_restarts: collections.Counter[str] = collections.Counter()
+        #: streams a source has found but not opened yet (stream id -> detail), shown as connecting
+        self.connecting: dict[str, str] = {}
         self._stop = asyncio.Event()
         self._yielded_at = clock()  # when _on_chunk last gave the loop a turn (live sources)
 
@@ -551,6 +580,7 @@ class Pipeline:
             dropped_windows=sum(s.dropped_windows for s in streams),
             sink_drops={r.name: r.dropped for r in self.runners},
             errors=tuple(self.errors),
+            connecting=tuple(sorted(self.connecting.items())),
         )
 
     def stream_detail(self, stream_id: str) -> StreamDetail | None:
@@ -564,40 +594,79 @@ class Pipeline:
         self.errors.append(message)
 
     async def _run_source(self, source: Source) -> None:
+        """Read one source until it ends; restart a live source that fails, give up only on permanent errors.
+
+        A live source (LSL, MQTT, simulators) that raises is logged, its streams are shown as reconnecting, and it
+        is restarted with backoff (``source.fresh()`` when the source offers it, else the same object re-entered)
+        while the other sources go on. An offline source (a file) that fails, or any source failing with an
+        error a restart cannot fix (:data:`_PERMANENT_SOURCE_ERRORS`), is given up and recorded in
+        :attr:`failed_sources`.
+        """
+        first, cap = _SOURCE_RESTART_S
+        delay = first
+        uri = source.uri
         try:
-            async with source:
-                live = bool(source.realtime)
-                async for item in source:
-                    if isinstance(item, Chunk):
-                        if live:  # no coroutine per chunk on the hot path (~100 chunks per second per stream)
-                            arrival = self._on_live_chunk(item)
-                            if arrival - self._yielded_at >= _MAX_HOLD_S:
-                                # A live source that delivers a backlog in one go (a late pacer, a broker burst)
-                                # never suspends; without a turn the engine's worker could not start the next batch
-                                # and windows would pile up. Yield at most every _MAX_HOLD_S (~500 sleeps/s at most).
-                                self._yielded_at = arrival
-                                await asyncio.sleep(0)
-                        else:
-                            await self._on_chunk(item, source)
-                    elif isinstance(item, StreamInfo):
-                        self._on_info(item, source)
-                    elif isinstance(item, StatusEvent):
-                        self._on_status(item)
-        except asyncio.CancelledError:
-            raise
-        except StreamEMGError as exc:
-            self.source_errors[source.uri] = str(exc)
-            self._error(f"source {source.uri}: {exc}")
-        except Exception as exc:  # a broken source ends itself, never the pipeline or other streams
-            log.exception("source %s failed", source.uri)
-            self.source_errors[source.uri] = f"{type(exc).__name__}: {exc}"
-            self._error(f"source {source.uri} failed: {type(exc).__name__}: {exc}")
+            while True:
+                started = self.clock()
+                try:
+                    await self._read_source(source)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    reason = str(exc) if isinstance(exc, StreamEMGError) else f"{type(exc).__name__}: {exc}"
+                    if not source.realtime or isinstance(exc, _PERMANENT_SOURCE_ERRORS):
+                        if not isinstance(exc, StreamEMGError):
+                            log.error("source %s failed", uri, exc_info=exc)
+                        self.failed_sources[uri] = reason
+                        self.source_errors[uri] = reason
+                        self._error(f"source {uri} failed: {reason}")
+                        return
+                    if self.clock() - started > _SOURCE_HEALTHY_S:
+                        delay = first
+                    self.source_restarts[uri] += 1
+                    self._error(f"source {uri} failed ({reason}); restarting it in {delay:.1f} s")
+                    for state in self.streams.values():
+                        if state.source is source and state.status is not StreamStatus.ENDED:
+                            state.status = StreamStatus.RECONNECTING
+                            state.status_detail = "source restarting after an error"
+                            state.reconnects += 1
+                    await asyncio.sleep(delay)
+                    delay = min(cap, delay * 2.0)
+                    fresh = getattr(source, "fresh", None)
+                    if callable(fresh):  # a new, un-entered source with the same settings
+                        old, source = source, fresh()
+                        for state in self.streams.values():
+                            if state.source is old:
+                                state.source = source
         finally:
             for state in self.streams.values():
                 if state.source is source and state.status is not StreamStatus.ENDED:
                     state.status = StreamStatus.ENDED
 
+    async def _read_source(self, source: Source) -> None:
+        """Enter ``source`` and feed its items into the pipeline until it ends (errors propagate)."""
+        async with source:
+            live = bool(source.realtime)
+            async for item in source:
+                if isinstance(item, Chunk):
+                    if live:  # no coroutine per chunk on the hot path (~100 chunks per second per stream)
+                        arrival = self._on_live_chunk(item)
+                        if arrival - self._yielded_at >= _MAX_HOLD_S:
+                            # A live source that delivers a backlog in one go (a late pacer, a broker burst)
+                            # never suspends; without a turn the engine's worker could not start the next batch
+                            # and windows would pile up. Yield at most every _MAX_HOLD_S (~500 sleeps/s at most).
+                            self._yielded_at = arrival
+                            await asyncio.sleep(0)
+                    else:
+                        await self._on_chunk(item, source)
+                elif isinstance(item, StreamInfo):
+                    self._on_info(item, source)
+                elif isinstance(item, StatusEvent):
+                    self._on_status(item)
+
     def _on_info(self, info: StreamInfo, source: Source) -> None:
+        self.connecting.pop(info.stream_id, None)
         old = self.streams.get(info.stream_id)
         same_segment = old is not None and old.info.meta.get("segment") == info.meta.get("segment")
         if old is not None and old.info.signature == info.signature and old.source is source and same_segment:
@@ -643,6 +712,10 @@ class Pipeline:
     def _on_status(self, event: StatusEvent) -> None:
         state = self.streams.get(event.stream_id)
         if state is None:
+            if event.status is StreamStatus.CONNECTING:  # found, not announced yet (e.g. an LSL inlet opening)
+                self.connecting[event.stream_id] = event.detail
+            elif event.status is StreamStatus.ENDED:
+                self.connecting.pop(event.stream_id, None)
             return
         if event.status is StreamStatus.RECONNECTING and state.status is not StreamStatus.RECONNECTING:
             state.reconnects += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from typing import Any
 
 from .common import add_model_args, add_pipeline_args, execute, make_plan
 
@@ -28,8 +30,22 @@ def run(args: argparse.Namespace) -> int:
     if args.shard:
         sources = [_with_shard(uri, args.shard) for uri in sources]
     plan = make_plan(args, sources)
-    asyncio.run(execute(plan))
-    return 0
+    pipeline = asyncio.run(execute(plan))
+    return exit_status(pipeline)
+
+
+def exit_status(pipeline: Any) -> int:
+    """0 for a run whose sources ended or were stopped normally; 1, with the reasons on stderr, when any source
+    was given up for good (an unreadable file, a stream that cannot be classified, a library that is missing)."""
+    failed: dict[str, str] = dict(getattr(pipeline, "failed_sources", {}) or {})
+    if not failed:
+        return 0
+    total = len(getattr(pipeline, "sources", ())) or len(failed)
+    every = "every source" if len(failed) >= total else f"{len(failed)} of {total} sources"
+    print(f"streamemg: error: the run ended with {every} failed:", file=sys.stderr)
+    for uri, why in failed.items():
+        print(f"  {uri}: {why}", file=sys.stderr)
+    return 1
 
 
 def _with_shard(uri: str, shard: str) -> str:

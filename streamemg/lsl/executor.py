@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import importlib
 import logging
 import math
@@ -123,14 +122,19 @@ class LSLExecutor:
     async def call(self, fn: Callable[..., T], /, *args: Any, timeout_s: float, what: str, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the pool and return its result.
 
+        The timeout counts only the call itself, from the moment a worker thread starts it: time spent waiting
+        behind other calls in the pool is not held against it (with many inlets opening at once, a quick call
+        queued behind them would otherwise time out without ever having run). Every call ahead is bounded by
+        its own timeout, so the wait for a worker is finite too; cancelling the caller withdraws a queued call.
+
         Args:
             fn: a blocking callable (usually a pylsl call or a small function making several).
-            timeout_s: seconds to wait for the result (finite, > 0).
+            timeout_s: seconds the call may run (finite, > 0).
             what: a short description used in the timeout message ("opening inlet for Amp1").
 
         Raises:
-            SourceError: the call did not return within ``timeout`` (the thread may still be busy with it;
-                liblsl calls are always given their own finite timeouts so it will come back).
+            SourceError: the call did not return within ``timeout_s`` of starting (the thread may still be busy
+                with it; liblsl calls are always given their own finite timeouts so it will come back).
             SourceError: the executor was closed.
             Whatever ``fn`` raises, unchanged (callers convert pylsl errors where they know what they mean).
         """
@@ -140,10 +144,25 @@ class LSLExecutor:
         if pool is None:
             raise SourceError(f"LSL worker {self.name!r} is closed; cannot run: {what}")
         loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def job() -> T:
+            loop.call_soon_threadsafe(_set_started, started)
+            return fn(*args, **kwargs)
+
         try:
-            future = loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+            future = loop.run_in_executor(pool, job)
         except RuntimeError as exc:  # pool shut down between the check and the submit
             raise SourceError(f"LSL worker {self.name!r} is closed; cannot run: {what}") from exc
+        try:
+            if not future.done():
+                waiters: set[asyncio.Future[Any]] = {started, future}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            future.cancel()  # still queued: never runs; already running: finishes in the background
+            raise
+        if future.cancelled():
+            raise SourceError(f"LSL worker {self.name!r} was closed before it could run: {what}")
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result and drops an outside
             # cancellation that arrives in the same loop iteration as the result, which would let a cancelled
@@ -168,6 +187,11 @@ class LSLExecutor:
     @property
     def closed(self) -> bool:
         return self._pool is None
+
+
+def _set_started(started: asyncio.Future[None]) -> None:
+    if not started.done():
+        started.set_result(None)
 
 
 # ---------------------------------------------------------------------------------------------- channel metadata

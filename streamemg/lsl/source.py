@@ -33,6 +33,14 @@ How it works
   stream is shown as ``RECONNECTING``; when an outlet with the same ``source_id`` appears again a fresh
   inlet is opened (fresh clock/dejitter state) and the stream goes on under the same stream id, without a
   restart. A changed rate or channel count is announced with a new StreamInfo.
+* Startup at any count: listing the streams, opening inlets and pulling run on three separate thread pools
+  (:class:`~streamemg.lsl.executor.LSLExecutor`, whose timeouts count only the call itself), so a hundred
+  outlets appearing at once never make the listing time out behind the opens. A stream whose inlet cannot
+  be opened yet is said once (a warning), shown as ``CONNECTING`` and retried with backoff.
+* The source never gives up by itself: when the resolver or the pull loop fails (a liblsl error, a call that
+  does not return), it is logged and restarted with backoff while the streams already open keep flowing.
+  Only a problem that a retry cannot fix (a stream named explicitly that cannot be classified, a channel
+  selection the stream does not have) ends the source.
 * A stream with an irregular rate (``nominal_srate == 0``) or string samples cannot be classified: selected
   by name or source_id it is an error (:class:`~streamemg.errors.StreamRateError` /
   :class:`~streamemg.errors.SourceError`); found through a wider query (``type=EMG``) it is skipped with a
@@ -95,8 +103,13 @@ class LSLSourceSettings:
             always on.
         queue_size: items (chunks, announcements) held for a slow consumer; when full, pulling pauses and
             liblsl buffers (up to ``buffer_s``).
-        open_workers: inlets opened concurrently (each takes ~0.6 s for the first clock-offset estimate).
+        open_workers: inlets opened concurrently (each takes ~0.6 s for the first clock-offset estimate, most
+            of it waiting on the network, so many can wait at once).
         warn_after_s: log a warning when nothing matched for this long.
+        retry_max_s: longest wait between attempts to open an inlet that could not be opened yet (the wait
+            doubles from 1 s up to this).
+        restart_max_s: longest wait before restarting a failed resolver or pull loop (the wait doubles from
+            0.5 s up to this; it starts again from 0.5 s once a restarted loop has run for a minute).
     """
 
     query: tuple[tuple[str, str], ...]
@@ -112,8 +125,10 @@ class LSLSourceSettings:
     buffer_s: int = 30
     dejitter: bool = True
     queue_size: int = 1024
-    open_workers: int = 4
+    open_workers: int = 16
     warn_after_s: float = 10.0
+    retry_max_s: float = 10.0
+    restart_max_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.query:
@@ -140,6 +155,8 @@ class LSLSourceSettings:
             "open_timeout_s": (self.open_timeout_s, "e.g. 3"),
             "call_timeout_s": (self.call_timeout_s, "e.g. 5"),
             "warn_after_s": (self.warn_after_s, "e.g. 10"),
+            "retry_max_s": (self.retry_max_s, "e.g. 10"),
+            "restart_max_s": (self.restart_max_s, "e.g. 10"),
         }
         for field_name, (seconds, example) in positive.items():
             if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
@@ -257,7 +274,30 @@ class _Failure:
     error: BaseException
 
 
+class _Fatal(Exception):
+    """A problem that retrying cannot fix: ends the source with ``error`` (raised from the iterator)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 _END = object()
+
+#: a stream found but not open after this long (s) is shown as connecting
+_CONNECTING_AFTER_S = 1.0
+#: a restarted loop that has run this long (s) starts its backoff from the beginning again
+_HEALTHY_AFTER_S = 60.0
+
+
+def _backoff(first_s: float, max_s: float) -> Any:
+    """first, 2x, 4x, ... capped at ``max_s``, each with ±20 % jitter (restarts of many sources do not align)."""
+    import random
+
+    delay = first_s
+    while True:
+        yield min(max_s, delay) * random.uniform(0.8, 1.2)
+        delay = min(max_s, delay * 2.0)
 
 
 def _stream_key(source_id: str, hostname: str, name: str, type_: str) -> str:
@@ -293,6 +333,7 @@ class LSLSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._open_tasks: set[asyncio.Task[None]] = set()
         self._puller: LSLExecutor | None = None
+        self._lister: LSLExecutor | None = None
         self._control: LSLExecutor | None = None
         self._resolver: Any = None
         self._streams: dict[str, _Stream] = {}
@@ -300,10 +341,19 @@ class LSLSource:
         self._opening: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._ids_in_use: set[str] = set()
+        self._pending_ids: dict[str, str] = {}  # stream key -> stream id, for streams found but not open yet
+        self._open_failures: dict[str, int] = {}
+        self._found_at: dict[str, float] = {}  # stream key -> when found, until open or shown as connecting
         self._closed = False
         self._entered = False
         #: chunks delivered per stream id (for tests and diagnostics)
         self.chunks: collections.Counter[str] = collections.Counter()
+        #: restarts of the background loops after a failure ("resolver", "puller")
+        self.restarts: collections.Counter[str] = collections.Counter()
+
+    def fresh(self) -> LSLSource:
+        """A new, un-entered source with the same URI, settings and clock (for a restart after a failure)."""
+        return LSLSource(self.uri, self.settings, self.clock)
 
     # ------------------------------------------------------------------ context manager
     async def __aenter__(self) -> LSLSource:
@@ -315,11 +365,13 @@ class LSLSource:
         self._entered = True
         self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
         tag = uuid.uuid4().hex[:6]
+        # three pools, so that listing, opening and pulling never wait for one another
         self._puller = LSLExecutor(f"lsl-pull-{tag}", 1)
-        self._control = LSLExecutor(f"lsl-ctl-{tag}", self.settings.open_workers)
+        self._lister = LSLExecutor(f"lsl-list-{tag}", 1)
+        self._control = LSLExecutor(f"lsl-open-{tag}", self.settings.open_workers)
         self._tasks = [
-            asyncio.create_task(self._guard(self._scan_loop()), name=f"lsl-scan:{self.uri}"),
-            asyncio.create_task(self._guard(self._poll_loop()), name=f"lsl-poll:{self.uri}"),
+            asyncio.create_task(self._supervise("resolver", self._scan_loop), name=f"lsl-scan:{self.uri}"),
+            asyncio.create_task(self._supervise("puller", self._poll_loop), name=f"lsl-poll:{self.uri}"),
         ]
         return self
 
@@ -352,7 +404,7 @@ class LSLSource:
             except Exception as exc:  # closing must not hide the reason we are closing
                 log.debug("closing LSL inlets: %s", exc)
         holder.clear()
-        for ex in (self._puller, self._control):
+        for ex in (self._puller, self._lister, self._control):
             if ex is not None:
                 ex.close()
         if self._queue is not None:
@@ -380,15 +432,49 @@ class LSLSource:
         return item
 
     # ------------------------------------------------------------------ background tasks
-    async def _guard(self, coro: Any) -> None:
-        """Run a background loop; a failure ends the iteration with that error (never swallowed)."""
+    async def _supervise(self, what: str, loop_fn: Any) -> None:
+        """Run a background loop and restart it with backoff when it fails; never swallowed, never fatal.
+
+        A :class:`_Fatal` error (one a retry cannot fix) ends the iteration with its error. Any other failure
+        (a liblsl error, a call that did not return in time) is logged with the wait before the restart; the
+        streams already open keep flowing meanwhile (the other loop and their inlets are untouched).
+        """
+        delays = _backoff(0.5, self.settings.restart_max_s)
+        while True:
+            started = self.clock()
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except _Fatal as fatal:
+                assert self._queue is not None
+                await self._queue.put(_Failure(fatal.error))
+                return
+            except Exception as exc:
+                if self.clock() - started > _HEALTHY_AFTER_S:
+                    delays = _backoff(0.5, self.settings.restart_max_s)
+                delay = next(delays)
+                self.restarts[what] += 1
+                log.warning(
+                    "LSL %s of %s failed (%s: %s); restarting it in %.1f s, the open streams go on",
+                    what, self.uri, type(exc).__name__, exc, delay,
+                )
+                if what == "resolver":
+                    await self._drop_resolver()
+                await asyncio.sleep(delay)
+
+    async def _drop_resolver(self) -> None:
+        """Release a failed resolver (its destructor may block: off the loop); the restarted scan makes a new one."""
+        resolver, self._resolver = self._resolver, None
+        if resolver is None or self._control is None or self._control.closed:
+            return
+        holder = [resolver]
+        del resolver
         try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            assert self._queue is not None
-            await self._queue.put(_Failure(exc))
+            await self._control.call(_release_blocking, holder, timeout_s=5.0, what="releasing a failed LSL resolver")
+        except SourceError as exc:
+            log.debug("%s", exc)
 
     async def _put(self, item: Any) -> None:
         assert self._queue is not None
@@ -404,16 +490,18 @@ class LSLSource:
 
     async def _scan_loop(self) -> None:
         s = self.settings
-        assert self._control is not None
-        self._resolver = await self._control.call(
+        assert self._lister is not None
+        self._resolver = await self._lister.call(
             self._make_resolver, timeout_s=s.call_timeout_s, what="starting the LSL resolver"
         )
         started = self.clock()
         warned = False
         while True:
-            infos = await self._control.call(
-                self._resolver.results, timeout_s=s.call_timeout_s, what="listing LSL streams"
-            )
+            resolver = self._resolver
+            if resolver is None:
+                raise SourceError("the LSL resolver is gone")
+            infos = await self._lister.call(resolver.results, timeout_s=s.call_timeout_s, what="listing LSL streams")
+            del resolver
             now = self.clock()
             visible: dict[str, list[Any]] = {}
             for info in infos:
@@ -441,10 +529,19 @@ class LSLSource:
                     continue
                 to_open.append((key, newest))
             for key, info in to_open:
+                if key not in self._streams and key not in self._pending_ids:
+                    self._pending_ids[key] = self._new_stream_id(info.name())
+                    self._found_at[key] = now
                 self._opening.add(key)
                 task = asyncio.create_task(self._guarded_attach(key, info), name=f"lsl-open:{info.name()}")
                 self._open_tasks.add(task)
                 task.add_done_callback(self._open_tasks.discard)
+            for key, found in list(self._found_at.items()):  # opening slowly (many at once): say so
+                if key in self._streams:
+                    del self._found_at[key]
+                elif now - found > _CONNECTING_AFTER_S and key in self._pending_ids:
+                    del self._found_at[key]
+                    await self._put(StatusEvent(self._pending_ids[key], StreamStatus.CONNECTING, "opening its inlet"))
             for stream in list(self._streams.values()):
                 if (
                     stream.inlet is not None
@@ -483,7 +580,7 @@ class LSLSource:
         if problem is None:
             return True
         if self.settings.explicit:
-            raise problem
+            raise _Fatal(problem)
         self._ignored.add(key)
         log.warning("%s Skipping it; the other matching streams go on.", problem)
         return False
@@ -493,6 +590,12 @@ class LSLSource:
             await self._attach(key, info)
         except asyncio.CancelledError:
             raise
+        except SourceError as exc:
+            if self.settings.explicit:  # the one stream asked for cannot be read as asked: say so and end
+                await self._put(_Failure(exc))
+            else:  # one of a family (type=EMG): skip it, the others go on
+                self._ignored.add(key)
+                log.warning("%s Skipping this stream; the other matching streams go on.", exc)
         except BaseException as exc:
             await self._put(_Failure(exc))
         finally:
@@ -530,13 +633,26 @@ class LSLSource:
                 self._open_blocking, info, timeout_s=4 * s.open_timeout_s + 1.0, what=f"opening LSL stream {name!r}"
             )
         except (self._lost_error, RuntimeError, SourceError) as exc:
-            # the outlet went away between listing and opening, or did not answer: try again later
-            self._retry_at[key] = self.clock() + 1.0
+            # the outlet went away between listing and opening, or did not answer: try again later, with backoff
+            failures = self._open_failures[key] = self._open_failures.get(key, 0) + 1
+            delay = min(s.retry_max_s, 2.0 ** (failures - 1))
+            self._retry_at[key] = self.clock() + delay
             existing = self._streams.get(key)
             if existing is not None and isinstance(exc, self._lost_error):
                 existing.dead_uids.add(uid)
-            log.info("could not open LSL stream %r yet (%s); retrying", name, exc)
+            if failures == 1:  # said once; the dashboard shows the stream as connecting meanwhile
+                log.warning(
+                    "could not open LSL stream %r yet (%s); retrying with backoff (at most every %g s)",
+                    name, exc, s.retry_max_s,
+                )
+                sid = self._pending_ids.get(key)
+                if sid is not None and existing is None:
+                    self._found_at.pop(key, None)
+                    await self._put(StatusEvent(sid, StreamStatus.CONNECTING, f"could not open yet ({exc}); retrying"))
+            else:
+                log.debug("could not open LSL stream %r yet (attempt %d: %s)", name, failures, exc)
             return
+        self._open_failures.pop(key, None)
         holder = [inlet]
         del inlet
         try:
@@ -558,7 +674,7 @@ class LSLSource:
             max_samples = int(min(65536, max(16, math.ceil(fs * s.chunk_s))))
             now = self.clock()
             if stream is None:
-                stream_id = self._new_stream_id(name)
+                stream_id = self._pending_ids.pop(key, None) or self._new_stream_id(name)
                 display = name if stream_id == f"lsl:{name}" else stream_id.removeprefix("lsl:")
             else:
                 stream_id, display = stream.stream_id, stream.name

@@ -385,6 +385,10 @@ class MqttSource:
             **self.counters.as_dict(),
         }
 
+    def fresh(self) -> MqttSource:
+        """A new, un-entered source with the same settings, URI and clock (for a restart after a failure)."""
+        return MqttSource(self.settings, self.uri, self.clock)
+
     async def __aenter__(self) -> MqttSource:
         """Connect and subscribe; raises BrokerError when the broker cannot be reached."""
         self._closing = False

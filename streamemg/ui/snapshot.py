@@ -66,6 +66,7 @@ class PipelineSnapshot:
     dropped_windows: int = 0
     sink_drops: dict[str, int] = field(default_factory=dict)
     errors: tuple[str, ...] = ()  # recent error messages for the footer, newest last
+    connecting: tuple[tuple[str, str], ...] = ()  # (stream id, detail): found by a source, not opened yet
 
 
 @dataclass(frozen=True, slots=True, eq=False)
