@@ -184,7 +184,7 @@ class Estimate:
     latency_ms: float
     trained: bool = True
     channel_quality: tuple[str, ...] = ()
-    qemg: Mapping[str, Any] | None = None
+    qemg: Mapping[str, Any] | None = field(default=None, compare=False)  # a dict: not part of eq / hash
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by ``--no-dashboard``, the JSON-lines sink and MQTT."""

@@ -28,6 +28,7 @@ from ..dsp import FilterSettings, StreamFilter
 from ..errors import ConfigError
 from .detect import Detector
 from .measures import POLYPHASIC_PHASES, WaveformMeasures, firing_stats, remove_baseline, waveform_measures
+from .normative import flag_measures
 from .templates import TemplateSet
 
 F64 = npt.NDArray[np.float64]
@@ -270,6 +271,7 @@ class QemgAnalyser:
         if self._dict_cache is not None and self._dict_cache[0] is summ:
             return self._dict_cache[1]
         d = summ.to_dict()
+        d["flags"] = flag_measures(d)
         self._dict_cache = (summ, d)
         return d
 
