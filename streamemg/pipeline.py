@@ -418,6 +418,7 @@ class StreamState:
             window=window,
             history=tuple(self.history),
             reconnects=self.reconnects,
+            qemg=self.qemg.summary() if self.qemg is not None else None,
         )
 
     def snapshot(self, now: float) -> StreamSnapshot:

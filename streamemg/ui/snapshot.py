@@ -82,6 +82,8 @@ class StreamDetail:
         window: ``(window_samples, C)`` the newest classified window (the tail of ``trace``), or None before one.
         history: the most recent estimates, oldest first (bounded by the pipeline's ``history`` setting).
         reconnects: how many times the transport lost the stream and started reconnecting.
+        qemg: the stream's current quantitative MUAP analysis (a ``streamemg.qemg.QemgSummary``: units with
+            their templates and measures), or None when QEMG is off.
     """
 
     stream: StreamSnapshot
@@ -93,3 +95,4 @@ class StreamDetail:
     window: np.ndarray | None = None
     history: tuple[Estimate, ...] = ()
     reconnects: int = 0
+    qemg: Any = None

@@ -17,9 +17,8 @@ modules, run on the newest window); without an inspector those panels say so.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -158,14 +157,14 @@ def compose_stream_view(
     s = detail.stream
     last = s.last
     untrained = not trained or (last is not None and not last.trained)
-    qemg = getattr(last, "qemg", None) if last is not None else None
+    est_qemg = getattr(last, "qemg", None) if last is not None else None
     lines: list[Text] = []
     lines.append(_title(detail, width))
     lines.append(_facts(detail, width))
     lines.append(_estimate_line(detail, untrained, width))
 
     fixed = 3 + 2 + 3 + 1  # title/facts/estimate + trace title/axis + bottom title/attention/axis + keys
-    q_lines = _qemg_lines(qemg, detail, width) if qemg is not None else []
+    q_lines = _qemg_lines(est_qemg, detail, width) if (est_qemg is not None or detail.qemg is not None) else []
     room = max(8, height - fixed - len(q_lines))
     trace_h = max(3, room * 9 // 20)
     bottom_h = max(3, room - trace_h)
@@ -337,11 +336,11 @@ def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) 
 
 def _history(d: StreamDetail, w: int, height: int, untrained: bool) -> list[Text]:
     hist = [e for e in d.history if math.isfinite(e.time)]
-    title = [("estimate history", _S_TITLE), (" rolling probability per class", S_DIM)]
+    title = [("estimate history", _S_TITLE), (" (rolling)", S_DIM)]
     for c in CLASS_NAMES:
         title += [("  ━ ", S_GREY if untrained else CLASS_STYLES.get(c, DEFAULT_CLASS_STYLE)), (c, S_DIM)]
     flags = sorted({q for e in hist for q in (e.quality, *e.channel_quality) if q != "ok"}, key=_rank)
-    title += [("  │ quality ", S_DIM), ("▁", S_OK), (" ok", S_DIM)]
+    title += [("  │ quality ", S_DIM), ("▁", S_OK), (" ok", S_DIM)]  # the strip under the chart
     for q in flags:
         title += [("  █", QUALITY_STYLES.get(q, S_BAD)), (" " + q.replace("_", " "), S_DIM)]
     out = [Text.assemble(*title, no_wrap=True, overflow="ellipsis")]
@@ -425,43 +424,76 @@ def _rank(q: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- QEMG
-def _qemg_fields(qemg: Any) -> list[tuple[str, Any]]:
-    if dataclasses.is_dataclass(qemg) and not isinstance(qemg, type):
-        return [(f.name, getattr(qemg, f.name)) for f in dataclasses.fields(qemg)]
-    if isinstance(qemg, dict):
-        return list(qemg.items())
-    return [(k, v) for k, v in vars(qemg).items() if not k.startswith("_")] if hasattr(qemg, "__dict__") else []
+#: How the QEMG measures are labelled on screen: key -> (label, unit), in this order.
+QEMG_LABELS: tuple[tuple[str, str, str], ...] = (
+    ("units", "units", ""),
+    ("amplitude_uv", "amplitude", "µV"),
+    ("duration_ms", "duration", "ms"),
+    ("phases", "phases", ""),
+    ("turns", "turns", ""),
+    ("area_uv_ms", "area", "µV·ms"),
+    ("thickness_ms", "thickness", "ms"),
+    ("polyphasic_pct", "polyphasic", "%"),
+    ("firing_hz", "firing", "Hz"),
+    ("firing_cv", "firing CV", ""),
+    ("recruitment_ratio", "recruitment", ""),
+    ("fibrillations", "fibs", ""),
+    ("positive_sharp_waves", "PSW", ""),
+    ("fasciculations", "fasc", ""),
+)
 
 
-def _qemg_lines(qemg: Any, d: StreamDetail, width: int) -> list[Text]:
-    """QEMG measures (numbers) on one line and up to a few MUAP templates as small braille plots."""
-    fields = _qemg_fields(qemg)
-    measures = [(k, v) for k, v in fields if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    templates_raw = next((v for k, v in fields if k in ("templates", "muap_templates")), None)
+def _qemg_measures(est_qemg: Any, summary: Any) -> dict[str, Any]:
+    if isinstance(est_qemg, Mapping):
+        return dict(est_qemg)
+    to_dict = getattr(summary, "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else {}
+
+
+def _qemg_lines(est_qemg: Any, d: StreamDetail, width: int) -> list[Text]:
+    """QEMG measures on one line, then the current MUAP templates as small braille plots with their facts."""
+    measures = _qemg_measures(est_qemg, d.qemg)
     parts: list[tuple[str, Style]] = [("QEMG", _S_TITLE), (" ", S_NONE)]
-    for k, v in measures:
-        val = f"{v:.3g}" if isinstance(v, float) else str(v)
-        parts += [(k.replace("_", " ") + " ", S_DIM), (val, S_BOLD), ("  ", S_NONE)]
-    if not measures:
+    shown = 0
+    for key, label, unit in QEMG_LABELS:
+        if key not in measures:
+            continue
+        v = measures[key]
+        val = "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        parts += [(label + " ", S_DIM), (val, S_BOLD), ((" " + unit) if unit and v is not None else "", S_DIM)]
+        parts.append(("  ", S_NONE))
+        shown += 1
+    if not shown:
         parts.append(("no measures yet", S_DIM))
     out = [Text.assemble(*parts, no_wrap=True, overflow="ellipsis")]
-    templates: list[np.ndarray] = []
-    if templates_raw is not None:
-        for tpl in list(templates_raw)[:8]:
-            arr = np.asarray(getattr(tpl, "waveform", tpl), dtype=np.float64).reshape(-1)
-            if arr.size >= 2:
-                templates.append(arr)
-    if templates:
-        cell_w = max(8, min(20, (width - 2) // len(templates) - 2))
-        lim = nice_ceiling(max(float(np.nanmax(np.abs(t))) for t in templates))
-        plots = [braille_lines(envelope_rows(t, 2 * cell_w, 12, lim)) for t in templates]
-        out.append(Text(f"MUAP templates (±{_fmt_uv(lim)})", style=S_DIM))
-        for r in range(3):
-            line = Text("  ")
-            for p in plots:
-                line.append(p[r], S_LEVEL)
-                line.append("  ")
-            out.append(line)
+    units = list(getattr(d.qemg, "units", ()) or ())[:8]
+    templates = [(u, np.asarray(getattr(u, "template", ()), dtype=np.float64).reshape(-1)) for u in units]
+    templates = [(u, t) for u, t in templates if t.size >= 2 and np.isfinite(t).any()]
+    if not templates:
+        return out
+    cell_w = max(10, min(24, width // len(templates) - 2))
+    lim = max(1.0, 1.05 * max(float(np.nanmax(np.abs(t))) for _, t in templates))
+    fs = d.stream.fs
+    span_ms = templates[0][1].size / fs * 1000.0 if fs > 0 else float("nan")
+    out.append(
+        Text(f"MUAP templates (±{lim:.0f} µV, {span_ms:.0f} ms each, largest first)", style=S_DIM, no_wrap=True)
+    )
+    plots = [braille_lines(envelope_rows(t, 2 * cell_w, 16, lim)) for _, t in templates]
+    for r in range(4):
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for p in plots:
+            line.append(p[r], S_LEVEL)
+            line.append("  ")
+        out.append(line)
+    facts = Text(no_wrap=True, overflow="ellipsis")
+    for u, _ in templates:
+        w = getattr(u, "waveform", None)
+        amp = getattr(w, "amplitude_uv", float("nan"))
+        dur = getattr(w, "duration_ms", float("nan"))
+        kind = getattr(u, "kind", "muap")
+        text = f"{amp:.0f} µV {dur:.1f} ms" if kind == "muap" else kind.replace("_", " ")
+        facts.append(fit(text, cell_w) + "  ", S_DIM)
+    out.append(facts)
     return out
 
 
