@@ -44,6 +44,8 @@ class QemgSettings:
             low corner (clinical systems use 2-10 Hz): the classifier's 20 Hz 4th-order high-pass and its mains
             notch ring after every potential, which shrinks large MUAPs by up to 15% and stretches durations
             by up to 10 ms (measured on the simulator's kernels; docs/qemg.md).
+        notch_hz: mains notch (50 or 60 Hz, 3 harmonics, Q 30) for recordings dominated by hum, None for none.
+            Off by default: it rings after large potentials, lengthening durations.
         pre_ms, post_ms: segment span before / after the aligning peak, ms.
         dead_ms: smallest spacing of two candidates on one channel, ms.
         match_ms: half-width of the matching window around the peak, ms.
@@ -59,6 +61,7 @@ class QemgSettings:
 
     enabled: bool = True
     highpass_hz: float = 5.0
+    notch_hz: float | None = None
     pre_ms: float = 15.0
     post_ms: float = 25.0
     dead_ms: float = 3.0
@@ -89,6 +92,8 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a whole number from {lo} to {hi}")
+        if self.notch_hz is not None and self.notch_hz not in (50.0, 60.0):
+            raise ConfigError(f"QemgSettings.notch_hz={self.notch_hz!r}: use 50 or 60 (the local mains), or None")
         if self.match_ms >= min(self.pre_ms, self.post_ms):
             raise ConfigError(
                 f"QemgSettings.match_ms={self.match_ms!r} must be shorter than pre_ms and post_ms "
@@ -200,7 +205,7 @@ class QemgAnalyser:
         self.fs = float(fs)
         self.n_channels = int(n_channels)
         self.filter = StreamFilter(
-            FilterSettings(highpass_hz=s.highpass_hz, highpass_order=2, notch_hz=None), self.fs, self.n_channels
+            FilterSettings(highpass_hz=s.highpass_hz, highpass_order=2, notch_hz=s.notch_hz), self.fs, self.n_channels
         )
         self.detector = Detector(
             self.fs, self.n_channels, pre_ms=s.pre_ms, post_ms=s.post_ms, dead_ms=s.dead_ms,

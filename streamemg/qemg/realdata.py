@@ -15,6 +15,7 @@ import math
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ def analyse_refs(data: Path, cache: Path | None, settings: QemgSettings | None =
                 rows.append(done[key])
                 continue
             rec = ref.load()
-            summ = analyse_array(rec.data, rec.fs, settings)
+            st = settings or QemgSettings()
+            if ref.dataset == "mendeley":  # its recordings carry strong 50 Hz hum (PROVENANCE): notch it
+                st = replace(st, notch_hz=50.0)
+            summ = analyse_array(rec.data, rec.fs, st)
             row = summ.to_dict()
             row.update(record=key, dataset=ref.dataset, subject=ref.subject, label=ref.label, site=ref.site)
             rows.append(row)
