@@ -428,3 +428,80 @@ async def test_a_status_event_for_a_gap_is_counted(bundle, good_alone) -> None:
     p, mem = await run([good_source(), MemorySource(items)], bundle)
     assert_unaffected(mem, good_alone)
     assert snap(p, "g").dropped_samples == 1234 and snap(p, "g").status is StreamStatus.ENDED
+
+
+# ---------------------------------------------------------------------------------------------- supervision
+
+
+class _FlakyLive(MemorySource):
+    """A live source whose first run crashes after ``crash_after`` chunks; its ``fresh()`` copy goes on from there
+    to the end (as a device that kept streaming while its transport was restarted)."""
+
+    def __init__(self, crash_after: int | None, error: BaseException, made: list[Any], start: int = 0) -> None:
+        self.crash_after, self.error, self.made = crash_after, error, made
+        self.next = start
+        x = GOOD
+        n = x.shape[0] // 400
+
+        async def items() -> AsyncIterator[Any]:
+            yield StreamInfo("flaky", "flaky", FS, ("ch1",))
+            for k in range(start, n):
+                self.next = k
+                if self.crash_after is not None and k == self.crash_after:
+                    raise self.error
+                yield Chunk("flaky", x[k * 400 : (k + 1) * 400], np.arange(k * 400, (k + 1) * 400) / FS, k)
+                await asyncio.sleep(0.001)
+
+        super().__init__(items(), uri="memory:flaky", realtime=True)
+        made.append(self)
+
+    def fresh(self) -> _FlakyLive:
+        return _FlakyLive(None, self.error, self.made, start=self.next)
+
+
+async def test_a_live_source_that_fails_is_restarted_with_backoff_and_its_stream_goes_on(bundle) -> None:
+    made: list[Any] = []
+    p, mem = await run([_FlakyLive(30, RuntimeError("liblsl internal error"), made)], bundle)
+    assert len(made) == 2, "the pipeline restarted the source once, from a fresh copy"
+    assert p.source_restarts["memory:flaky"] == 1
+    assert p.failed_sources == {}
+    assert any("memory:flaky failed (RuntimeError: liblsl internal error); restarting it in" in e for e in p.errors)
+    # every window: those before the crash (1.5 s) and those after the restart, none lost, none twice
+    assert [e.index for e in mem.by_stream("flaky")] == list(range(9))
+    assert p.streams["flaky"].reconnects == 1
+
+
+async def test_a_live_source_with_an_error_a_restart_cannot_fix_is_given_up(bundle, good_alone) -> None:
+    from streamemg.errors import ConfigError
+
+    made: list[Any] = []
+    p, mem = await run([good_source(), _FlakyLive(5, ConfigError("channels=X: no such channel"), made)], bundle)
+    assert len(made) == 1 and p.source_restarts["memory:flaky"] == 0
+    assert p.failed_sources == {"memory:flaky": "channels=X: no such channel"}
+    assert_unaffected(mem, good_alone)
+
+
+def test_a_run_whose_sources_all_failed_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    from streamemg.cli.main import main as cli_main
+
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"\x93NUMPY\x01\x00garbage that is not a header")
+    code = cli_main(["run", "--source", f"file:{bad}?speed=max", "--no-dashboard", "--duration", "30",
+                     "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the run ended with every source failed" in err and "broken.npy" in err
+
+
+def test_a_run_whose_sources_ended_normally_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamemg.cli.main import main as cli_main
+
+    good = tmp_path / "good.npy"
+    np.save(good, GOOD)
+    (tmp_path / "good.npy.json").write_text('{"fs": 8000}')
+    code = cli_main(["run", "--source", f"file:{good}?speed=max", "--no-dashboard", "--duration", "30",
+                     "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.count("\n") >= 9  # one JSON line per estimate
