@@ -183,6 +183,7 @@ _COLUMNS: tuple[_Column, ...] = (
     _Column("win", "Win", 3, 70),
     *(_Column(f"p:{c}", c, _PROB_WIDTH, 90) for c in CLASS_NAMES),
     _Column("label", "Label", 18, 95, max_width=30),
+    _Column("qemg", "QEMG units µV ms", 20, 25, max_width=30),  # first to go when narrow
     _Column("latency", "p50/p99 ms", 11, 80, align="right"),
     _Column("wps", "win/s", 5, 50, align="right"),
     _Column("drops", "drop s/w", 9, 55, align="right"),
@@ -241,6 +242,31 @@ def _layout(width: int) -> tuple[tuple[_Column, int], ...]:
     if len(cols) == 1 and total(cols) > width:  # absurdly narrow: shrink the last column to fit
         widths[cols[0].key] = max(1, width - _MARGIN)
     return tuple((c, widths[c.key]) for c in cols)
+
+
+# ----------------------------------------------------------------------------------------------- QEMG cell
+#: Short names of the QEMG measures flagged against the normative reference (docs/qemg.md).
+_QEMG_SHORT = {
+    "amplitude_uv": "A", "duration_ms": "D", "phases": "Ph", "turns": "T", "thickness_ms": "Th",
+    "polyphasic_pct": "Poly", "firing_hz": "F", "units": "U", "fibrillations": "fib", "positive_sharp_waves": "psw",
+}
+_QEMG_ARROW = {"high": "↑", "low": "↓", "present": "!"}
+
+
+def _qemg_cell(q: object, w: int) -> list[tuple[str, Style]]:
+    """``<units>u <amplitude>µV <duration>ms`` then the flagged measures (``A↑ D↓ fib!``) in the warning style."""
+    if not isinstance(q, dict):
+        return [(fit("·", w), S_DIM)]
+    amp, dur = q.get("amplitude_uv"), q.get("duration_ms")
+    if not q.get("units") or amp is None or dur is None:
+        return [(fit("no units yet", w), S_DIM)]
+    head = f"{q['units']}u {amp:.0f}µV {dur:.1f}ms"
+    flags = q.get("flags") or {}
+    tail = " ".join(f"{_QEMG_SHORT.get(k, k)}{_QEMG_ARROW.get(v, '?')}" for k, v in flags.items())
+    hw = min(w, cell_len(head))
+    if not tail or w - hw < 3:
+        return [(fit(head, w), S_WARN if tail else S_NONE)]
+    return [(fit(head, hw), S_NONE), (fit(" " + tail, w - hw), S_WARN)]
 
 
 # ----------------------------------------------------------------------------------------------- the view
@@ -598,6 +624,8 @@ class DashboardRenderer:
             style = CLASS_STYLES.get(est.label, DEFAULT_CLASS_STYLE) + S_BOLD
             conf = f" {est.confidence * 100:.0f}%" if math.isfinite(est.confidence) else ""
             return [(fit(est.label + conf, w), style)]
+        if key == "qemg":
+            return _qemg_cell(est.qemg if est is not None else None, w)
         if key == "latency":
             p99 = s.latency_p99_ms
             style = S_NONE
