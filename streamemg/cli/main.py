@@ -13,7 +13,10 @@ from .. import __version__
 from ..errors import StreamEMGError
 
 #: subcommand modules under streamemg.cli, in the order ``--help`` lists them
-COMMANDS = ("demo", "run", "classify", "qemg", "simulate", "train", "calibrate", "evaluate", "bench", "broker", "info")
+COMMANDS = (
+    "demo", "run", "classify", "qemg", "simulate", "train", "calibrate", "evaluate", "report",
+    "bench", "broker", "info",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
