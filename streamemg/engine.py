@@ -263,8 +263,11 @@ class FoldedClassifier(nn.Module):
         self.stats_fc: nn.Module | None = getattr(net, "stats_fc", None)
         self.eval()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` -> ``(B, 2, N, F)``: normalised [log-spectrogram, delta] planes, time-major."""
+    def features(self, x: torch.Tensor, site: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T)`` -> ``(B, 2, N, F)``: normalised [log-spectrogram, delta] planes, time-major.
+
+        ``site``: optional per-window site calibration ``(B, 2, 2, F)`` (see ``Classifier.forward``).
+        """
         n, f2, hop = self.n_frames, 2 * self.n_freqs, self.hop
         if self.whole:
             nb = n + self.r - 1
@@ -284,10 +287,13 @@ class FoldedClassifier(nn.Module):
         delta = padded[:, w + 1 : w + 1 + n] - padded[:, w - 1 : w - 1 + n]
         for k in range(2, w + 1):
             delta = delta + k * (padded[:, w + k : w + k + n] - padded[:, w - k : w - k + n])
+        if site is not None:  # per-window site calibration of both planes, before the input batch norm
+            ls = ls * site[:, 0, 0, None, :] + site[:, 1, 0, None, :]
+            delta = delta * site[:, 0, 1, None, :] + site[:, 1, 1, None, :] * self.delta_norm
         return torch.stack([ls * self.a0 + self.b0, delta * self.a1 + self.b1], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
+    def forward(self, x: torch.Tensor, site: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x, site)
         for conv, se, has_se in zip(self.convs, self.excite, self.has_se, strict=True):
             h = torch.relu_(conv(h))
             if has_se:
@@ -541,6 +547,7 @@ class InferenceEngine:
         model: nn.Module | None = None,
         cuda_available: Callable[[], bool] = torch.cuda.is_available,
         graph_capture: GraphCapture | None = None,
+        site_table: torch.Tensor | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings = settings or EngineSettings()
@@ -553,8 +560,14 @@ class InferenceEngine:
         self.window_samples = bundle.config.window_samples
         self.n_classes = bundle.config.n_classes
         self._own_model = model is None  # built here: may be optimised, and rebuilt for the CPU on a fall-back
+        # site calibration (streamemg.clinical.site): row Window.site of this (S, 2, 2, F) table is applied to a
+        # window's features inside the batch; a traced module takes no such input, so the folded one runs
+        self.site_table = site_table.to(self.device, torch.float32) if site_table is not None else None
+        self._optimize = settings.optimize
+        if site_table is not None and settings.optimize in ("auto", "trace"):
+            self._optimize = "fold"
         if model is None:
-            self.optimized = optimize_model(bundle.build(), self.window_samples, self.device, settings.optimize)
+            self.optimized = optimize_model(bundle.build(), self.window_samples, self.device, self._optimize)
         else:
             given = model.to(self.device).eval()
             self.optimized = OptimizedModel(given, "none", 0.0, "module given by the caller: run as given")
@@ -563,7 +576,7 @@ class InferenceEngine:
         self._graphs_checked = graph_capture is not None  # an injected capture is used without timing it
         if graph_capture is not None:
             self.graphs = GraphRunner(graph_capture, graph_buckets(settings.max_batch))
-        elif self.device.type == "cuda" and settings.cuda_graphs:
+        elif self.device.type == "cuda" and settings.cuda_graphs and site_table is None:
             capture = cuda_graph_capture(self.model, self.window_samples, self.device)
             self.graphs = GraphRunner(capture, graph_buckets(settings.max_batch))
         self.stats = EngineStats()
@@ -702,7 +715,7 @@ class InferenceEngine:
                     except TimeoutError:
                         break
                 batch = self._take(max_batch)
-                probs = await self._classify([w.data for w, _ in batch])
+                probs = await self._classify([w.data for w, _ in batch], [w.site for w, _ in batch])
                 off = 0
                 for w, _ in batch:
                     c = w.n_channels
@@ -734,7 +747,7 @@ class InferenceEngine:
         self._space.set()
         return batch
 
-    async def _classify(self, arrays: list[np.ndarray]) -> np.ndarray:
+    async def _classify(self, arrays: list[np.ndarray], sites: list[int] | None = None) -> np.ndarray:
         """Run one batch on the inference thread with a timeout; (rows, K) probabilities (NaN on failure)."""
         assert self._executor is not None
         loop = asyncio.get_running_loop()
@@ -743,7 +756,7 @@ class InferenceEngine:
         t0 = self.clock()
         try:
             probs = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self._run_batch, arrays), self.settings.timeout_s
+                loop.run_in_executor(self._executor, self._run_batch, arrays, sites), self.settings.timeout_s
             )
         except TimeoutError:
             st.errors += 1
@@ -795,7 +808,7 @@ class InferenceEngine:
                 log.info("CUDA graphs (%.2f ms) not faster than eager (%.2f ms): off", graph_s * 1e3, eager_s * 1e3)
                 self.graphs = None
 
-    def _run_batch(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    def _run_batch(self, arrays: Sequence[np.ndarray], sites: Sequence[int] | None = None) -> np.ndarray:
         """Inference thread: stage ``arrays`` (each (C_i, T)) into one (B, T) block and classify it."""
         cpu0 = time.thread_time()
         rows = sum(a.shape[0] for a in arrays)
@@ -805,42 +818,50 @@ class InferenceEngine:
         for a in arrays:
             np.copyto(host[off : off + a.shape[0]], a, casting="same_kind")
             off += a.shape[0]
-        probs = self._forward_robust(staging[:rows])
+        site = None
+        if self.site_table is not None and sites is not None and any(sites):
+            idx = [s for a, s in zip(arrays, sites, strict=True) for _ in range(a.shape[0])]
+            site = self.site_table[torch.tensor(idx, device=self.site_table.device)]
+        probs = self._forward_robust(staging[:rows], site)
         self._batch_cpu_s = time.thread_time() - cpu0  # read by _classify once the call has returned
         return probs
 
-    def _forward(self, x: torch.Tensor) -> np.ndarray:
+    def _forward(self, x: torch.Tensor, site: torch.Tensor | None = None) -> np.ndarray:
         """(B, T) host tensor -> (B, K) float32 probabilities, on the current device (graph replay if any)."""
         graphs = self.graphs
-        if graphs is not None:
+        if graphs is not None and site is None:
             with torch.inference_mode():
                 out = graphs.run(x)
             if out is not None:
                 return out.cpu().numpy()  # synchronises with the replay
-        return self._forward_eager(x)
+        return self._forward_eager(x, site)
 
-    def _forward_eager(self, x: torch.Tensor) -> np.ndarray:
+    def _forward_eager(self, x: torch.Tensor, site: torch.Tensor | None = None) -> np.ndarray:
         with torch.inference_mode():
             xd = x.to(self.device, non_blocking=True) if self.device.type != "cpu" else x
-            out = torch.softmax(self.model(xd).float(), dim=-1)
+            if site is None:
+                out = torch.softmax(self.model(xd).float(), dim=-1)
+            else:
+                out = torch.softmax(self.model(xd, site.to(xd.device)).float(), dim=-1)
             return out.cpu().numpy()
 
-    def _forward_robust(self, x: torch.Tensor) -> np.ndarray:
+    def _forward_robust(self, x: torch.Tensor, site: torch.Tensor | None = None) -> np.ndarray:
         """:meth:`_forward` with retries in halves, then a permanent move to the CPU; raises InferenceError."""
         try:
-            return self._forward_halving(x)
+            return self._forward_halving(x, site)
         except Exception as exc:
             if self.device.type == "cpu":
                 raise InferenceError(f"inference failed on the CPU for a batch of {x.shape[0]} rows: {exc!r}") from exc
             self._fall_back_to_cpu(exc)
+            site = site.to("cpu") if site is not None else None
         try:
-            return self._forward_halving(x)
+            return self._forward_halving(x, site)
         except Exception as exc:
             raise InferenceError(f"inference failed on the CPU too for {x.shape[0]} rows: {exc!r}") from exc
 
-    def _forward_halving(self, x: torch.Tensor) -> np.ndarray:
+    def _forward_halving(self, x: torch.Tensor, site: torch.Tensor | None = None) -> np.ndarray:
         try:
-            return self._forward(x)
+            return self._forward(x, site)
         except Exception as exc:
             self.stats.errors += 1
             if x.shape[0] <= 1:
@@ -848,7 +869,8 @@ class InferenceEngine:
             log.warning("forward of %d rows on %s failed (%r); retrying in halves", x.shape[0], self.device, exc)
             _empty_cache(self.device)
             half = x.shape[0] // 2
-            return np.concatenate([self._forward_halving(x[:half]), self._forward_halving(x[half:])])
+            lo, hi = (None, None) if site is None else (site[:half], site[half:])
+            return np.concatenate([self._forward_halving(x[:half], lo), self._forward_halving(x[half:], hi)])
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         log.error("inference on %s keeps failing (%r); moving the model to the CPU", self.device, exc)
@@ -857,12 +879,14 @@ class InferenceEngine:
             self.graphs = None
             if self._own_model and old.type != "cpu":  # a traced/frozen module keeps its device: rebuild it
                 self.optimized = optimize_model(
-                    self.bundle.build(), self.window_samples, torch.device("cpu"), self.settings.optimize
+                    self.bundle.build(), self.window_samples, torch.device("cpu"), self._optimize
                 )
                 self.model = self.optimized.module
             else:
                 self.model = self.model.to("cpu")
             self.device = torch.device("cpu")
+            if self.site_table is not None:
+                self.site_table = self.site_table.to("cpu")
             self.stats.fallbacks += 1
             _empty_cache(old)
 

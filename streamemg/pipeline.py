@@ -187,6 +187,7 @@ class StreamState:
         self._queued_n = 0
         self._flush_at = self._samples_until_window()
         self.window_index = 0
+        self.site = 0  # row of the engine's site-calibration table (0: none); set by the Pipeline
         self.estimator = RollingEstimator(settings.estimates, len(cfg.classes))
         self.status = StreamStatus.LIVE
         self.status_detail = ""
@@ -318,6 +319,7 @@ class StreamState:
             t_end=t_end,
             arrival=arrival,
             quality=quality,
+            site=self.site,
         )
         self.window_index += 1
         self.next_end += self.hop_samples
@@ -458,6 +460,9 @@ class Pipeline:
         engine_settings: batching and device.
         clock: injectable monotonic clock (latency, staleness).
         on_estimate: optional synchronous callback for every Estimate (in-process consumers).
+        sites: optional site calibration per source (same order as ``sources``): a ``(2, 2, F)`` tensor
+            (:meth:`streamemg.clinical.site.SiteProfile.tensor`) or None; the engine applies it to that
+            source's windows inside the shared batch.
     """
 
     def __init__(
@@ -469,6 +474,7 @@ class Pipeline:
         engine_settings: EngineSettings | None = None,
         clock: Clock = monotonic,
         on_estimate: Callable[[Estimate], None] | None = None,
+        sites: Sequence[Any] | None = None,
     ) -> None:
         if bundle is None:
             from .model import load_bundle
@@ -482,6 +488,7 @@ class Pipeline:
         self.runners = [SinkRunner(s, self.settings.sink) for s in sinks]
         self._chunk_runners = [r for r in self.runners if r.wants_chunks]  # sinks that also take raw chunks
         self.on_estimate = on_estimate
+        self.site_table, self._site_of = _site_table(self.sources, sites)
         self.streams: dict[str, StreamState] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=8)
         self.engine: InferenceEngine | None = None
@@ -506,7 +513,9 @@ class Pipeline:
         """Run until every source has ended, ``duration`` seconds passed, or :meth:`stop` was called."""
         self.started_at = self.clock()
         self._stop.clear()
-        engine = InferenceEngine(self.bundle, self.engine_settings, on_result=self._on_result, clock=self.clock)
+        engine = InferenceEngine(
+            self.bundle, self.engine_settings, on_result=self._on_result, clock=self.clock, site_table=self.site_table
+        )
         self.engine = engine
         runners = []
         for r in self.runners:
@@ -696,6 +705,7 @@ class Pipeline:
             )
         try:
             state = StreamState(info, source, self.bundle, self.settings, self.clock)
+            state.site = self._site_of.get(id(source), 0)
         except StreamEMGError as exc:
             self.source_errors[source.uri] = str(exc)
             self._error(str(exc))
@@ -786,3 +796,27 @@ class Pipeline:
                 if state.status is StreamStatus.LIVE and now - state.last_data_at > self.settings.stale_after_s:
                     state.status = StreamStatus.STALE
                     state.status_detail = f"no data for {now - state.last_data_at:.1f} s"
+
+
+def _site_table(sources: Sequence[Source], sites: Sequence[Any] | None) -> tuple[Any, dict[int, int]]:
+    """``(table (S, 2, 2, F) or None, {id(source): row})``: row 0 is the identity, one row per distinct profile."""
+    if sites is None or all(t is None for t in sites):
+        return None, {}
+    if len(sites) != len(sources):
+        raise ConfigError(f"sites: {len(sites)} entries for {len(sources)} sources; give one (or None) per source")
+    import torch
+
+    first = next(t for t in sites if t is not None)
+    rows = [torch.stack([torch.ones_like(first[0]), torch.zeros_like(first[1])])]
+    index: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    for src, t in zip(sources, sites, strict=True):
+        if t is None:
+            continue
+        if t.shape != first.shape:
+            raise ConfigError(f"site calibration shaped {tuple(t.shape)}, expected {tuple(first.shape)}")
+        if id(t) not in seen:
+            seen[id(t)] = len(rows)
+            rows.append(t.to(torch.float32))
+        index[id(src)] = seen[id(t)]
+    return torch.stack(rows), index

@@ -133,6 +133,8 @@ class Window:
         arrival: pipeline clock time (s, monotonic) at which the newest sample arrived.
         quality: one entry per channel, ``"ok"`` or the reason the channel is unusable
             (``"nan"``, ``"flat"``, ``"clipping"``, ``"low_activity"``).
+        site: row of the engine's site-calibration table for this stream's recording setup (0: none; see
+            :mod:`streamemg.clinical.site`).
     """
 
     stream_id: str
@@ -141,6 +143,7 @@ class Window:
     t_end: float
     arrival: float
     quality: tuple[str, ...]
+    site: int = 0
 
     @property
     def n_channels(self) -> int:

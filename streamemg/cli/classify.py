@@ -15,6 +15,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import ConfigError
 from ..types import CLASS_NAMES
 from .common import add_model_args, execute, load_model, make_plan
 
@@ -26,7 +27,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Classify recordings (.hea/.bin[.xz] EMGLAB, WFDB, .asc[.xz], .npy, .csv, .xdf) through the "
         "streaming path at full speed. Prints one line per file; --json for machine-readable lines.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument(
+        "--manifest", action="append", default=[], metavar="CSV",
+        help="a CSV listing recordings (its path and fs columns are used); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--fs", type=float, default=None, help="sampling rate for formats that carry none (.npy)")
     p.add_argument("--window", type=float, default=None, metavar="S", help="window length override, seconds")
@@ -42,19 +47,40 @@ def file_uri(path: str, fs: float | None = None) -> str:
     return uri
 
 
-async def classify_files(paths: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run every file through one pipeline; return one result dict per file, in input order."""
-    uris = [file_uri(p, args.fs) for p in paths]
-    plan = make_plan(args, uris, default_dashboard=False)
+async def classify_files(
+    paths: list[str], args: argparse.Namespace, rates: list[float | None] | None = None
+) -> list[dict[str, Any]]:
+    """Run every file through one pipeline; return one result dict per file, in input order.
+
+    A file that cannot even be opened (missing, unknown format) gets an error result and stays out of the
+    pipeline, so every other file is still classified. ``rates``: per-file sampling rate (None: ``--fs``).
+    """
+    from ..errors import StreamEMGError
+    from ..sources.base import open_source
+
+    rates = rates if rates is not None else [None] * len(paths)
+    uris = [file_uri(p, fs if fs is not None else args.fs) for p, fs in zip(paths, rates, strict=True)]
+    errors: dict[int, str] = {}
+    for i, uri in enumerate(uris):
+        try:
+            open_source(uri)  # construction only: checks the file and its format, opens nothing
+        except StreamEMGError as exc:
+            errors[i] = str(exc)
+    good = [i for i in range(len(paths)) if i not in errors]
+    results: list[dict[str, Any]] = [
+        _result(paths[i], [], True, errors[i]) if i in errors else {} for i in range(len(paths))
+    ]
+    if not good:
+        return results
+    plan = make_plan(args, [uris[i] for i in good], default_dashboard=False)
     bundle = load_model(plan.model, plan.window_s)
     pipeline = await execute(plan, bundle=bundle)
-    results: list[dict[str, Any]] = []
     by_source: dict[int, list[Any]] = {}
     for state in pipeline.streams.values():
         by_source.setdefault(id(state.source), []).append(state)
-    for path, source in zip(paths, pipeline.sources, strict=True):
+    for i, source in zip(good, pipeline.sources, strict=True):
         states = by_source.get(id(source), [])
-        results.append(_result(path, states, bundle.trained, pipeline.source_errors.get(source.uri)))
+        results[i] = _result(paths[i], states, bundle.trained, pipeline.source_errors.get(source.uri))
     return results
 
 
@@ -82,7 +108,22 @@ def _result(path: str, states: list[Any], trained: bool, error: str | None) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    results = asyncio.run(classify_files(list(args.files), args))
+    paths = list(args.files)
+    rates: list[float | None] = [None] * len(paths)
+    if args.manifest:
+        from ..clinical.manifest import read_manifests
+
+        for row in read_manifests(args.manifest):
+            if row.start_s is not None or row.stop_s is not None:
+                print(
+                    f"streamemg: note: {row.where}: classify plays whole files; start_s/stop_s are not applied",
+                    file=sys.stderr,
+                )
+            paths.append(str(row.path))
+            rates.append(row.fs)
+    if not paths:
+        raise ConfigError("nothing to classify: give recording FILE(s) and/or --manifest FILE.csv")
+    results = asyncio.run(classify_files(paths, args, rates))
     for r in results:
         if args.json:
             print(json.dumps(r))
@@ -92,4 +133,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['file']}: {r['label'] or '-'} ({r['confidence']:.2f})  {p}  [{r['windows']} windows, "
                   f"{r['quality']}]")
     sys.stdout.flush()
-    return 0 if all(r["label"] for r in results) else 1
+    failed = [r["file"] for r in results if not r["label"]]
+    if failed:
+        print(
+            f"streamemg: {len(failed)} of {len(results)} file(s) gave no estimate (unreadable, too short or no "
+            f"usable window): {', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}",
+            file=sys.stderr,
+        )
+    return 0 if not failed else 1

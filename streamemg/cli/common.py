@@ -25,6 +25,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, default=None, metavar="N", help="largest inference batch (rows)")
     g.add_argument("--max-wait-ms", type=float, default=None, metavar="MS", help="longest wait for a batch to fill")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    g.add_argument(
+        "--site", default=None, metavar="SITE.json",
+        help="site profile (from `streamemg calibrate`) for every source without its own ?site=",
+    )
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser, outputs: bool = True) -> None:
@@ -61,6 +65,7 @@ class RunPlan:
     engine: Any
     pipeline: Any
     window_s: float | None = None
+    site: str | None = None
 
 
 def make_plan(args: argparse.Namespace, sources: Sequence[str], default_dashboard: bool = True) -> RunPlan:
@@ -115,6 +120,7 @@ def make_plan(args: argparse.Namespace, sources: Sequence[str], default_dashboar
         engine=engine,
         pipeline=pipeline,
         window_s=window,
+        site=getattr(args, "site", None),
     )
 
 
@@ -142,16 +148,19 @@ async def execute(
     """
     from ..pipeline import Pipeline
     from ..sinks.base import open_sink
-    from ..sources.base import open_source
+    from ..sources.base import open_source, split_site
 
     if not plan.sources:
         raise ConfigError("no source given: add --source URI (e.g. --source sim:als) or run.sources in --config")
     if bundle is None:
         bundle = load_model(plan.model, plan.window_s)
-    sources = [open_source(uri) for uri in plan.sources]
+    split = [split_site(uri) for uri in plan.sources]
+    sites = _site_tensors(bundle, [site or plan.site for _, site in split])
+    sources = [open_source(uri) for uri, _ in split]
     sinks = [open_sink(uri) for uri in plan.outputs] + list(extra_sinks)
     pipeline = Pipeline(
-        sources, sinks, bundle=bundle, settings=plan.pipeline, engine_settings=plan.engine, on_estimate=on_estimate
+        sources, sinks, bundle=bundle, settings=plan.pipeline, engine_settings=plan.engine, on_estimate=on_estimate,
+        sites=sites,
     )
     loop = asyncio.get_running_loop()
     installed: list[int] = []
@@ -180,6 +189,24 @@ async def execute(
         for signum in installed:
             loop.remove_signal_handler(signum)
     return pipeline
+
+
+def _site_tensors(bundle: Any, paths: Sequence[str | None]) -> list[Any] | None:
+    """Each source's site profile (loaded once per file, checked against ``bundle``) as its tensor, or None."""
+    if not any(paths):
+        return None
+    from ..clinical.site import SiteProfile
+
+    loaded: dict[str, Any] = {}
+    out: list[Any] = []
+    for p in paths:
+        if p is None:
+            out.append(None)
+            continue
+        if p not in loaded:
+            loaded[p] = SiteProfile.load(p, bundle).tensor()
+        out.append(loaded[p])
+    return out
 
 
 class _DequeHandler(logging.Handler):

@@ -309,12 +309,18 @@ def stream_aggregate(
 
 
 def evaluate_model(
-    model: Any, prepared: Sequence[Any], config: Any, device: str = "cpu", estimate_settings: Any = None
+    model: Any,
+    prepared: Sequence[Any],
+    config: Any,
+    device: str = "cpu",
+    estimate_settings: Any = None,
+    site: Any = None,
 ) -> tuple[LevelResult, LevelResult]:
     """Window- and recording-level results of a trained classifier on prepared recordings.
 
     Window level counts the stream windows that pass the quality gate; recording level is
     :func:`stream_aggregate` (recordings with no valid window are left out and reported by the caller).
+    ``site``: optional ``(2, 2, F)`` site calibration tensor applied to every window.
     """
     from .train import predict_windows
 
@@ -327,7 +333,11 @@ def evaluate_model(
     T = int(config.window_samples)
     for p in prepared:
         windows = p.stream_windows(T)
-        probs = predict_windows(model, windows, device=device) if len(windows) else np.zeros((0, len(CLASS_NAMES)))
+        probs = (
+            predict_windows(model, windows, device=device, site=site)
+            if len(windows)
+            else np.zeros((0, len(CLASS_NAMES)))
+        )
         valid = p.stream_valid
         w_true.append(np.full(int(valid.sum()), p.ref.label_index, dtype=np.int64))
         w_probs.append(probs[valid])

@@ -619,13 +619,23 @@ def fit(
 
 
 @torch.inference_mode()
-def predict_windows(model: nn.Module, windows: np.ndarray, batch: int = 256, device: str = "cpu") -> np.ndarray:
-    """Softmax probabilities ``(B, K)`` float32 for windows ``(B, T)`` µV."""
+def predict_windows(
+    model: nn.Module, windows: np.ndarray, batch: int = 256, device: str = "cpu", site: torch.Tensor | None = None
+) -> np.ndarray:
+    """Softmax probabilities ``(B, K)`` float32 for windows ``(B, T)`` µV.
+
+    ``site``: optional ``(2, 2, F)`` site calibration applied to every window
+    (:meth:`streamemg.clinical.site.SiteProfile.tensor`).
+    """
     model = model.to(device).eval()
     out = np.zeros((windows.shape[0], len(CLASS_NAMES)), dtype=np.float32)
     for i in range(0, windows.shape[0], batch):
         xb = torch.from_numpy(np.ascontiguousarray(windows[i : i + batch])).to(device)
-        out[i : i + batch] = torch.softmax(model(xb), dim=1).cpu().numpy()
+        if site is None:
+            logits = model(xb)
+        else:
+            logits = model(xb, site=site.to(device)[None].expand(xb.shape[0], -1, -1, -1))
+        out[i : i + batch] = torch.softmax(logits, dim=1).cpu().numpy()
     return out
 
 

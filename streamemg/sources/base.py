@@ -76,6 +76,33 @@ def split_uri(uri: str) -> tuple[str, str, dict[str, str]]:
     return scheme, body, params
 
 
+#: query parameter, understood by every scheme, naming the site profile of a source's recording setup
+SITE_PARAM = "site"
+
+
+def split_site(uri: str) -> tuple[str, str | None]:
+    """``(uri without ?site=..., the site profile path or None)``: every scheme accepts ``site=SITE.json``.
+
+    The profile is applied by the engine (:mod:`streamemg.clinical.site`), not by the source, so the source
+    sees the URI without it. An empty ``site=`` is an error.
+    """
+    if "?" not in uri:
+        return uri, None
+    head, _, query = uri.partition("?")
+    kept: list[str] = []
+    site: str | None = None
+    for part in query.split("&"):
+        key = part.partition("=")[0]
+        if key == SITE_PARAM:
+            pairs = parse_qsl(part, keep_blank_values=True)
+            site = pairs[0][1].strip() if pairs else ""
+            if not site:
+                raise SourceURIError(f"{uri!r}: site= is empty; give a profile written by `streamemg calibrate`")
+        elif part:
+            kept.append(part)
+    return (head + "?" + "&".join(kept) if kept else head), site
+
+
 def open_source(uri: str) -> Source:
     """Create (not yet enter) the source for ``uri``; raises SourceURIError for unknown schemes."""
     scheme, _, _ = split_uri(uri)
