@@ -565,7 +565,7 @@ def _markdown_html(md: str) -> str:
             flush_para()
             flush_items()
         elif items and line.startswith("  "):
-            items[-1] += " " + stripped
+            items[-1] += ("" if items[-1].endswith("-") else " ") + stripped  # a word broken at a hyphen stays one
         else:
             flush_items()
             para.append(stripped)
@@ -588,7 +588,7 @@ td,th{border:1px solid #d8dde5;padding:4px 9px;text-align:left;font-size:14px;ve
 th{background:#eef1f5;font-weight:600}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .card{background:#fff;border:1px solid #d8dde5;border-radius:8px;padding:6px 18px 14px;margin:18px 0}
-img{max-width:100%;display:block;margin:8px 0}
+img{max-width:100%;display:block;margin:8px 0}img.figure{width:100%;height:auto}
 .muted{color:#667085;font-size:13px}
 .chip{display:inline-block;border-radius:10px;padding:1px 8px;color:#fff;font-size:13px;margin-right:4px}
 nav ul{columns:3;font-size:14px}
