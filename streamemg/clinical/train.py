@@ -100,6 +100,9 @@ class AugmentSettings:
         tilt_db_per_octave: each window's spectrum is tilted by a slope drawn uniformly in
             ``[-tilt, +tilt]`` dB per octave (about 1 kHz), imitating other electrodes and amplifier filters.
         time_shift: draw training windows at any grid offset (False: only the stream grid).
+        lowpass_prob: probability of band-limiting a window with a 2nd-order low-pass roll-off (another
+            amplifier's or needle's upper band edge).
+        lowpass_hz: ``(low, high)`` range of that roll-off's corner frequency, Hz (drawn log-uniformly).
     """
 
     gain_db: float = 6.0
@@ -110,11 +113,13 @@ class AugmentSettings:
     hum_hz: tuple[float, ...] = (50.0, 60.0)
     tilt_db_per_octave: float = 0.0
     time_shift: bool = True
+    lowpass_prob: float = 0.0
+    lowpass_hz: tuple[float, float] = (500.0, 2000.0)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gain_db) and self.gain_db >= 0):
             raise ConfigError(f"AugmentSettings.gain_db={self.gain_db!r}: give a non-negative number of dB, e.g. 6")
-        for name in ("noise_prob", "hum_prob"):
+        for name in ("noise_prob", "hum_prob", "lowpass_prob"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ConfigError(f"AugmentSettings.{name}={v!r}: give a probability in [0, 1]")
@@ -122,6 +127,10 @@ class AugmentSettings:
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ConfigError(f"AugmentSettings.{name}={(lo, hi)!r}: give (low, high) with low <= high")
+        if not 0 < self.lowpass_hz[0] <= self.lowpass_hz[1]:
+            raise ConfigError(
+                f"AugmentSettings.lowpass_hz={self.lowpass_hz!r}: give (low, high) Hz with 0 < low <= high"
+            )
         if not self.hum_hz or any(not f > 0 for f in self.hum_hz):
             raise ConfigError(f"AugmentSettings.hum_hz={self.hum_hz!r}: give mains frequencies in Hz, e.g. (50, 60)")
 
@@ -500,6 +509,14 @@ def augment_batch(x: torch.Tensor, fs: float, settings: AugmentSettings, gen: to
         slope = uniform(-settings.tilt_db_per_octave, settings.tilt_db_per_octave)
         gain = torch.pow(10.0, slope * torch.log2(freqs / 1000.0)[None, :] / 20.0)
         out = torch.fft.irfft(spec * gain, n=t, dim=1)
+    if settings.lowpass_prob > 0:
+        on = (torch.rand(b, 1, generator=gen) < settings.lowpass_prob).to(dev)
+        lo, hi = math.log(settings.lowpass_hz[0]), math.log(settings.lowpass_hz[1])
+        corner = torch.exp(uniform(lo, hi))
+        freqs = torch.fft.rfftfreq(t, d=1.0 / fs).to(dev)[None, :]
+        gain = 1.0 / torch.sqrt(1.0 + (freqs / corner) ** 4)  # 2nd-order Butterworth magnitude
+        gain = torch.where(on, gain, torch.ones_like(gain))
+        out = torch.fft.irfft(torch.fft.rfft(out, dim=1) * gain, n=t, dim=1)
     if settings.gain_db > 0:
         g = uniform(-settings.gain_db, settings.gain_db)
         out = out * torch.pow(10.0, g / 20.0)
