@@ -2,11 +2,17 @@
 
 How a window flows::
 
-    submit_nowait / submit  ->  bounded deque  ->  worker task (event loop): takes the oldest window, waits at most
-    max_wait_ms (counted from that window's submission) for company or until max_batch rows are queued
+    submit_nowait / submit  ->  bounded deque  ->  worker task (event loop), woken by the submission: takes every
+    queued window up to max_batch rows at once (by default it does not wait for company: see below)
     ->  one call on the single inference thread: copy the rows into a preallocated staging buffer (pinned on CUDA,
     non-blocking copy to the device), features + model + softmax under torch.inference_mode
     ->  back on the loop: on_result(window, probs (C, K)) for each window, in submission order.
+
+Batching is event-driven: a window that arrives on an idle engine is classified at once, and the windows that
+arrive while a batch is being classified queue up and go together in the next one. Batches therefore grow with
+the load by themselves, with no fixed wait: at 1-8 streams a decision costs one forward call, at hundreds of
+streams the calls carry tens of rows. ``max_wait_ms`` > 0 adds a wait for company (counted from the oldest
+window's submission) for devices where a fuller batch is worth a delay (a GPU with a high per-call cost).
 
 Every channel of a window is one row of the batch (``(B, T)`` float32 µV at the model rate); rows of all streams
 share one forward call. Fusing a window's channels into one estimate is the caller's job (see
@@ -74,7 +80,9 @@ class EngineSettings:
 
     Attributes:
         max_batch: most rows (window channels) per forward call.
-        max_wait_ms: longest time (ms) the oldest queued window waits for company before its batch runs.
+        max_wait_ms: longest time (ms) the oldest queued window waits for company before its batch runs; 0 (the
+            default): none, a window on an idle engine runs at once and batches form from the windows that queue
+            up during the previous call.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         threads: torch intra-op threads (process wide). None: on a CPU all cores this process may use but one,
             at least 1 (:func:`default_threads`): the event loop (ingest, DSP, estimates) needs a core of its own,
@@ -96,10 +104,11 @@ class EngineSettings:
     """
 
     # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
-    # batches spill out of cache); in three 1/5/10/20 ms sweeps at 256 live streams under different machine load,
-    # 5 ms was never more than a few ms of p99 from the best, while 20 ms was always the worst.
+    # batches spill out of cache). A fixed wait for company (5 ms before) doubled the latency at low load; without
+    # it, the batches still grow under load from the windows queued during the previous call (latency by load in
+    # docs/performance.md).
     max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     device: str = "auto"
     threads: int | None = None
     queue_size: int = 4096
@@ -705,7 +714,7 @@ class InferenceEngine:
                     self._wake.clear()
                     await self._wake.wait()
                 deadline = self._queue[0][1] + max_wait
-                while self._queued_rows < max_batch:
+                while max_wait > 0 and self._queued_rows < max_batch:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break

@@ -342,3 +342,50 @@ async def test_warmup_and_threads_setting() -> None:
         assert engine.stats.batches == 0  # the warm-up is not a batch
     finally:
         torch.set_num_threads(before)
+
+
+class GatedModel(nn.Module):
+    """Records batch sizes; the first call blocks (in the inference thread) until ``release`` is set."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(int(x.shape[0]))
+        self.entered.set()
+        if len(self.sizes) == 1:
+            self.release.wait(10.0)
+        return self.inner(x)
+
+
+async def test_event_driven_a_lone_window_runs_at_once_and_windows_queued_meanwhile_share_the_next_call() -> None:
+    assert EngineSettings().max_wait_ms == 0.0  # the default: no wait for company
+    gated = GatedModel(BUNDLE.build())
+    got = Collector()
+    async with InferenceEngine(BUNDLE, settings(max_wait_ms=0.0, max_batch=64), got, model=gated) as engine:
+        engine.submit_nowait(make_window(0))
+        # the lone window's call starts at once (no company awaited); it is held inside the model
+        assert await asyncio.to_thread(gated.entered.wait, 2.0)
+        for i in range(1, 6):  # these arrive while the engine is busy: they queue up
+            engine.submit_nowait(make_window(i))
+        await asyncio.sleep(0.05)
+        gated.release.set()
+        await engine.drain()
+    assert gated.sizes == [1, 5]
+    assert [w.index for w, _, _ in got.results] == list(range(6))
+
+
+async def test_with_a_wait_for_company_a_lone_window_is_held_back() -> None:
+    """The contrast to the default: with max_wait_ms the lone window's call does not start at once."""
+    gated = GatedModel(BUNDLE.build())
+    gated.release.set()
+    got = Collector()
+    async with InferenceEngine(BUNDLE, settings(max_wait_ms=400.0, max_batch=64), got, model=gated) as engine:
+        engine.submit_nowait(make_window(0))
+        assert not await asyncio.to_thread(gated.entered.wait, 0.2)
+        await got.wait_for(1, limit_s=10.0)
+    assert gated.sizes == [1]
