@@ -22,7 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
@@ -158,7 +160,7 @@ def compose_stream_view(
     last = s.last
     untrained = not trained or (last is not None and not last.trained)
     est_qemg = getattr(last, "qemg", None) if last is not None else None
-    lines: list[Text] = []
+    lines: list[Text | _Row] = []
     lines.append(_title(detail, width))
     lines.append(_facts(detail, width))
     lines.append(_estimate_line(detail, untrained, width))
@@ -173,7 +175,12 @@ def compose_stream_view(
     lines += _bottom(detail, inspection, width, bottom_h, untrained)
     lines += q_lines
     lines.append(_keys(note, width))
-    yield from lines[: max(1, height)]
+    for line in lines[: max(1, height)]:  # one terminal line each, whatever a piece measured
+        if isinstance(line, Text):
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+            line.truncate(width, overflow="ellipsis")
+        yield line
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -238,11 +245,10 @@ def _trace(d: StreamDetail, width: int, height: int) -> list[Text]:
     span_s = n / d.trace_fs if d.trace_fs > 0 else 0.0
     per_ch = max(2, height // max(1, c)) if c else height
     shown = max(1, min(c, height // per_ch)) if c else 0
-    title = [
-        ("signal", _S_TITLE), (" filtered (high-pass, notch), at the model rate, newest at the right", S_DIM),
-    ]  # fmt: skip
+    title = [("signal", _S_TITLE)]
     if c > shown:
-        title.append((f" · showing {shown} of {c} channels", S_WARN))
+        title.append((f" showing {shown} of {c} channels ·", S_WARN))
+    title.append((" filtered (high-pass, notch), at the model rate, newest at the right", S_DIM))
     out = [Text.assemble(*title, no_wrap=True, overflow="ellipsis")]
     if n == 0:
         out += [Text("  waiting for samples…", style=S_DIM)] + [Text("")] * (height - 1)
@@ -271,9 +277,32 @@ def _trace(d: StreamDetail, width: int, height: int) -> list[Text]:
     return out
 
 
+class _Row:
+    """One line made of a left part (text, or pre-styled segments: the heat map, rendered without a ``Text``
+    layout pass per cell) padded to ``left_w`` cells, a separator and a right part."""
+
+    __slots__ = ("left", "left_w", "right")
+
+    def __init__(self, left: Text | list[Segment], right: Text, left_w: int) -> None:
+        self.left = left
+        self.right = right
+        self.left_w = left_w
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if isinstance(self.left, Text):
+            left = list(self.left.render(console, end=""))
+        else:
+            left = self.left
+        used = sum(cell_len(seg.text) for seg in left)
+        yield from left
+        yield Segment(" " * max(0, self.left_w - used) + " │ ", _S_AXIS)
+        yield from self.right.render(console, end="")
+        yield Segment.line()
+
+
 def _bottom(
     d: StreamDetail, ins: Inspection | None, width: int, height: int, untrained: bool
-) -> list[Text]:
+) -> list[_Row]:
     """Spectrogram + attention (left) beside probability history + quality strip (right): ``height + 3`` lines."""
     n_frames = ins.spectrogram.shape[1] if ins is not None else 61
     left_w = min(max(24, n_frames), max(24, width // 2 - _LABEL_W - 2)) + _LABEL_W + 1
@@ -282,18 +311,19 @@ def _bottom(
     right = _history(d, right_w, height, untrained)
     out = []
     for a, b in zip(left, right, strict=True):
-        line = Text(no_wrap=True)
-        line.append_text(a)
-        pad = left_w - a.cell_len
-        line.append(" " * max(0, pad) + " │ ", _S_AXIS)
-        line.append_text(b)
-        out.append(line)
+        if isinstance(a, Text):
+            a.truncate(left_w, overflow="ellipsis")
+        b.truncate(right_w, overflow="ellipsis")
+        b.no_wrap = True
+        out.append(_Row(a, b, left_w))
     return out
 
 
-def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) -> list[Text]:
+def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) -> list[Text | list[Segment]]:
     plot_w = w - _LABEL_W - 1
-    out = [Text.assemble(("spectrogram", _S_TITLE), (" newest window, ln µV²/Hz", S_DIM), no_wrap=True)]
+    out: list[Text | list[Segment]] = [
+        Text.assemble(("spectrogram", _S_TITLE), (" newest window, ln µV²/Hz", S_DIM), no_wrap=True)
+    ]
     if ins is None:
         why = "no model was given to the display" if has_window else "shown once a window is classified"
         out.append(Text(f"  ({why})", style=S_DIM))
@@ -313,10 +343,9 @@ def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) 
             label = f"{f_lo:.0f} Hz"
         elif i == height // 2:
             label = f"{(f_lo + frac * (f_hi - f_lo)) / 1000:.1f} kHz"
-        line = Text.assemble((fit(label, _LABEL_W, "right"), _S_AXIS), ("┤" if label else "│", _S_AXIS))
-        for text, style in runs:
-            line.append(text, style)
-        out.append(line)
+        segs = [Segment(fit(label, _LABEL_W, "right") + ("┤" if label else "│"), _S_AXIS)]
+        segs += [Segment(text, style) for text, style in runs]
+        out.append(segs)
     att = ins.attention
     if att is None:
         out.append(Text(fit("attn", _LABEL_W, "right") + "│ (this model pools frames by their mean)", style=S_DIM))
