@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--init", default=None, metavar="MODEL.pt",
-        help="fine-tune this trained bundle on the given recordings instead of training from scratch",
+        help="fine-tune this trained bundle ('default': the shipped model) on the given recordings instead of "
+        "training from scratch",
     )
     p.add_argument(
         "--layers", default=None, choices=("all", "head", "norm_head"),
@@ -108,9 +109,12 @@ def _fine_tune(args: argparse.Namespace, refs: list, console: Any) -> int:
     """``--init``: adapt a trained bundle to the given labelled recordings; the card says from what and on what."""
     from ..clinical.adapt import FineTuneSettings, fine_tune
     from ..clinical.train import prepare_all, render_model_card
-    from ..model import ModelBundle, bundle_fingerprint, load_bundle
+    from ..model import ModelBundle, bundle_fingerprint, default_model_path, load_bundle
 
-    base = load_bundle(args.init)
+    init_path = default_model_path() if args.init in ("default", "shipped") else Path(args.init)
+    if init_path is None:
+        raise ConfigError("--init default: no shipped model is installed; give the path of a trained bundle")
+    base = load_bundle(init_path)
     if not base.trained:
         raise ConfigError(f"--init {args.init}: the bundle is untrained; fine-tune a trained model")
     settings = FineTuneSettings(seed=args.seed, device=args.device, threads=args.threads)
@@ -128,7 +132,7 @@ def _fine_tune(args: argparse.Namespace, refs: list, console: Any) -> int:
     training = {
         **result.summary,
         "adapted_from": {
-            "file": str(Path(args.init).name),
+            "file": init_path.name,
             "name": base.name,
             "fingerprint": bundle_fingerprint(base),
             "data": base.training.get("data", {}),

@@ -78,7 +78,7 @@ def test_from_a_folder_of_recordings_to_a_calibrated_fine_tuned_model(tmp_path: 
     # the README's commands: calibrate the shipped model, fine-tune it, calibrate the new model, classify
     out = streamemg("calibrate", "--manifest", str(unlabelled), "--out", str(tmp_path / "shipped_site.json"))
     assert out.returncode == 0, out.stderr
-    out = streamemg("train", "--init", str(shipped), "--manifest", str(lab), "--out", str(tmp_path / "ourlab.pt"),
+    out = streamemg("train", "--init", "default", "--manifest", str(lab), "--out", str(tmp_path / "ourlab.pt"),
                     "--steps", "20", "--threads", "1", "--no-progress")
     assert out.returncode == 0, out.stderr
     card = (tmp_path / "ourlab.md").read_text()
