@@ -136,3 +136,16 @@ def test_engine_applies_each_windows_site_row(bundle, site_windows) -> None:  # 
     asyncio.run(main())
     np.testing.assert_allclose(np.stack([got[i] for i in range(4)]), expect, atol=1e-4)
     assert len(CLASS_NAMES) == expect.shape[1]
+
+
+def test_site_parameter_is_split_off_any_source_uri() -> None:
+    from streamemg.errors import SourceURIError
+    from streamemg.sources.base import split_site
+
+    assert split_site("lsl:name=Amp1?site=lab.json") == ("lsl:name=Amp1", "lab.json")
+    uri = "file:a.npy?speed=max&site=/p/x%20y.json&fs=8000"
+    assert split_site(uri) == ("file:a.npy?speed=max&fs=8000", "/p/x y.json")
+    assert split_site("mqtt://127.0.0.1/emg/+?site=b.json") == ("mqtt://127.0.0.1/emg/+", "b.json")
+    assert split_site("sim:als?fs=10000") == ("sim:als?fs=10000", None)
+    with pytest.raises(SourceURIError, match="site= is empty"):
+        split_site("sim:als?site=")
