@@ -57,6 +57,8 @@ class QemgSettings:
         min_snr: a unit's amplitude must reach this multiple of the detection threshold (noise templates
             built from threshold crossings of the noise peak just above the threshold).
         match_rate_hz: the matching vector is subsampled to about this rate (cost; shapes are smooth).
+        summary_every_s: the units are measured again after this much new signal (s); estimates in between
+            carry the last measurement (measuring costs a few ms, detection and clustering a fraction of that).
     """
 
     enabled: bool = True
@@ -75,10 +77,12 @@ class QemgSettings:
     min_discharges: int = 5
     min_snr: float = 1.6
     match_rate_hz: float = 12000.0
+    summary_every_s: float = 1.0
 
     def __post_init__(self) -> None:
         positive = (
             "highpass_hz", "pre_ms", "post_ms", "dead_ms", "match_ms", "k_detect", "tol", "horizon_s", "match_rate_hz",
+            "summary_every_s",
         )
         for name in positive:
             v = getattr(self, name)
@@ -222,6 +226,7 @@ class QemgAnalyser:
             for _ in range(self.n_channels)
         ]
         self.horizon = max(1, round(s.horizon_s * self.fs))
+        self._summary_every = max(1, round(s.summary_every_s * self.fs))
         self._edge = max(1, round(2.0 * self.fs / 1000.0))  # 2 ms at each end of a segment = baseline
         self._sumsq = 0.0
         self._count = 0
@@ -254,10 +259,11 @@ class QemgAnalyser:
         for t in self.sets:
             t.expire(oldest)
 
-    def summary(self) -> QemgSummary:
-        """The current units and their measures (recomputed only when a template changed)."""
-        key = (*(t.version for t in self.sets), self.detector.samples_seen // max(1, round(self.fs)))
-        if self._cache is not None and self._cache[0] == key:
+    def summary(self, fresh: bool = False) -> QemgSummary:
+        """The current units and their measures (measured again every ``summary_every_s`` of signal, or now
+        with ``fresh``)."""
+        key = (self.detector.samples_seen // self._summary_every,)
+        if not fresh and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         units: list[UnitMeasures] = []
         oldest = self.detector.samples_seen - self.horizon

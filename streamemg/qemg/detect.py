@@ -8,9 +8,10 @@ arrived, so the detector is causal with a delay of ``post_ms``; it keeps ``pre +
 channel between blocks (bounded memory) and does no per-sample Python (scipy's ``find_peaks`` per channel
 per block).
 
-Baseline noise: the signal of each block is cut into pieces of ``noise_piece_ms``; the noise is the 20th
-percentile of the pieces' RMS (the quietest stretches between discharges), smoothed over blocks. A plain
-median of ``|x|`` would count the potentials themselves as noise at moderate effort.
+Baseline noise: the signal is cut into pieces of ``noise_piece_ms`` (counted from the first sample, whatever
+the blocks); every ``noise_pieces`` pieces the noise estimate moves 20% of the way to the 20th percentile of
+their RMS (the quietest stretches between discharges). A plain median of ``|x|`` would count the potentials
+themselves as noise at moderate effort.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Detector:
         self.k_detect = float(k_detect)
         self.min_uv = float(min_uv)
         self.piece = max(4, round(noise_piece_ms * fs / 1000.0))
+        self.noise_pieces = 50
+        self._partial = np.zeros((0, self.n_channels))  # samples of the piece in progress
+        self._rms: list[np.ndarray] = []  # RMS (C,) of the complete pieces since the last noise update
         self.keep = self.pre + self.post + self.dead
         self._offsets = np.arange(-self.pre, self.post, dtype=np.int64)
         self.buf = np.zeros((self.n_channels, 0), dtype=np.float64)
@@ -88,16 +92,23 @@ class Detector:
         noise = np.where(np.isfinite(self.noise), self.noise, 0.0)
         return np.asarray(np.maximum(self.k_detect * noise, self.min_uv), dtype=np.float64)
 
-    def _update_noise(self, block: npt.NDArray[np.floating]) -> None:
-        n = block.shape[0]
-        k = n // self.piece
-        if k < 2:
+    def _update_noise(self, block: npt.NDArray[np.float64]) -> None:
+        x = np.concatenate([self._partial, block]) if self._partial.shape[0] else block
+        k = x.shape[0] // self.piece
+        self._partial = x[k * self.piece :].copy()
+        if k == 0:
             return
-        pieces = block[: k * self.piece].reshape(k, self.piece, self.n_channels)
-        rms = np.sqrt(np.mean(np.square(pieces, dtype=np.float64), axis=1))  # (k, C)
-        est = np.nanpercentile(rms, 20.0, axis=0) if not np.isfinite(rms).all() else np.percentile(rms, 20.0, axis=0)
-        first = ~np.isfinite(self.noise)
-        self.noise = np.where(first, est, 0.8 * np.where(first, 0.0, self.noise) + 0.2 * est)
+        pieces = x[: k * self.piece].reshape(k, self.piece, self.n_channels)
+        self._rms.extend(np.sqrt(np.mean(np.square(pieces), axis=1)))
+        while len(self._rms) >= self.noise_pieces:
+            batch = np.asarray(self._rms[: self.noise_pieces])
+            del self._rms[: self.noise_pieces]
+            est = np.percentile(batch, 20.0, axis=0)
+            first = ~np.isfinite(self.noise)
+            self.noise = np.where(first, est, 0.8 * np.where(first, 0.0, self.noise) + 0.2 * est)
+        if not np.isfinite(self.noise).all() and len(self._rms) >= 4:  # a first estimate from what there is
+            est = np.percentile(np.asarray(self._rms), 20.0, axis=0)
+            self.noise = np.where(np.isfinite(self.noise), self.noise, est)
 
     def process(self, block: npt.NDArray[np.floating]) -> list[Detections]:
         """Take the next samples, float (n, C) µV; return the candidates that became decidable, per channel."""

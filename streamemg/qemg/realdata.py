@@ -5,6 +5,11 @@ EMGLAB N2001 and Mendeley recording (the manifests' files, A08's stale tail trim
 table in Markdown (subject means: each subject's recordings averaged first, then mean ± SD over subjects) and,
 with ``--write-reference``, writes the normative reference from the EMGLAB Normal recordings into the package.
 ``--cache FILE`` keeps the per-recording results (JSON lines) so a second run only prints.
+
+``--compare-sim`` adds the simulator-vs-EMGLAB table: for every class the QEMG measures of the simulator
+(``--sim-seeds`` seeds x ``--sim-seconds`` s at 10 kHz, the demo's rate) next to those of the real EMGLAB
+recordings, and the class-mean log power spectrum as the classifier sees it (20 Hz high-pass, 4 kHz, 128-point
+Welch frames) in five bands, in dB re 1 µV²/Hz.
 """
 
 from __future__ import annotations
@@ -113,16 +118,99 @@ def class_table(rows: Sequence[dict[str, Any]], dataset: str) -> str:
     return head + "\n".join(lines)
 
 
+#: Bands (Hz) in which the class-mean log spectra are compared.
+SPECTRUM_BANDS: tuple[tuple[float, float], ...] = ((20, 100), (100, 250), (250, 500), (500, 1000), (1000, 2000))
+
+
+def log_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
+    """10·log10 Welch PSD (µV²/Hz) per :data:`SPECTRUM_BANDS`, of ``x`` (n,) µV as the classifier sees it."""
+    from math import gcd
+
+    from scipy import signal
+
+    sos = signal.butter(4, 20.0, "highpass", fs=fs, output="sos")
+    y = signal.sosfilt(sos, np.asarray(x, dtype=np.float64))
+    if fs != 4000.0:
+        num, den = (4000, int(fs)) if float(fs).is_integer() else (8000, round(2 * fs))
+        g = gcd(num, den)
+        y = signal.resample_poly(y, num // g, den // g)
+    f, pxx = signal.welch(y, 4000.0, nperseg=128)
+    return np.array([10 * np.log10(np.mean(pxx[(f >= lo) & (f < hi)]) + 1e-12) for lo, hi in SPECTRUM_BANDS])
+
+
+def real_spectra(data: Path) -> dict[str, np.ndarray]:
+    """EMGLAB class-mean band log spectra (recordings averaged per subject first), dB."""
+    per: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for ref in find_recordings([data], datasets=["emglab"]):
+        rec = ref.load()
+        per[(ref.label, ref.subject)].append(log_spectrum(rec.data[:, 0], rec.fs))
+    out = {}
+    for cls in CLASS_NAMES:
+        subj = [np.mean(v, axis=0) for (c, _), v in per.items() if c == cls]
+        out[cls] = np.mean(subj, axis=0)
+    return out
+
+
+def simulated_rows(
+    seeds: int, seconds: float, fs: float = 10000.0
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """QEMG rows and class-mean band spectra of the simulator (one 'subject' per seed)."""
+    from simulators.synth import CLASS_LABELS, SIM_CLASSES, EMGSimulator
+
+    rows: list[dict[str, Any]] = []
+    spectra: dict[str, list[np.ndarray]] = defaultdict(list)
+    for cls in SIM_CLASSES:
+        label = CLASS_LABELS[cls]
+        for seed in range(seeds):
+            x = EMGSimulator(cls, fs, seed=seed).generate(round(seconds * fs))
+            row = analyse_array(x, fs).to_dict()
+            row.update(record=f"sim:{cls}:{seed}", dataset="sim", subject=f"sim:{cls}:{seed}", label=label)
+            rows.append(row)
+            spectra[label].append(log_spectrum(x[:, 0], fs))
+    return rows, {k: np.mean(v, axis=0) for k, v in spectra.items()}
+
+
+def sim_table(real_rows: Sequence[dict[str, Any]], sim_rows: Sequence[dict[str, Any]],
+              real_spec: dict[str, np.ndarray], sim_spec: dict[str, np.ndarray]) -> str:
+    """Markdown: per class, real EMGLAB vs simulated (mean over subjects / seeds)."""
+    head = "| measure | " + " | ".join(f"{c} real | {c} sim" for c in CLASS_NAMES) + " |\n"
+    head += "|---|" + "---|---|" * len(CLASS_NAMES) + "\n"
+    lines = []
+    for name, title, nd in TABLE_MEASURES:
+        if name in ("positive_sharp_waves",):
+            continue
+        cells = []
+        for cls in CLASS_NAMES:
+            for rows in (real_rows, sim_rows):
+                sm = list(subject_means([r for r in rows if r["label"] == cls], name).values())
+                cells.append(f"{np.mean(sm):.{nd}f}" if sm else "-")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    for b, (lo, hi) in enumerate(SPECTRUM_BANDS):
+        cells = []
+        for cls in CLASS_NAMES:
+            cells += [f"{real_spec[cls][b]:.1f}", f"{sim_spec[cls][b]:.1f}"]
+        lines.append(f"| PSD {lo:g}-{hi:g} Hz (dB µV²/Hz) | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streamemg.qemg.realdata", description=__doc__)
     p.add_argument("--data", required=True, help="the data folder (holding emglab_n2001/ and the Mendeley set)")
     p.add_argument("--cache", default=None, help="JSON-lines file keeping per-recording results")
     p.add_argument("--write-reference", action="store_true", help=f"write {REFERENCE_PATH.name} into the package")
+    p.add_argument("--compare-sim", action="store_true", help="add the simulator-vs-EMGLAB table")
+    p.add_argument("--sim-seeds", type=int, default=3, help="simulated 'subjects' per class (default 3)")
+    p.add_argument("--sim-seconds", type=float, default=20.0, help="seconds per simulated subject (default 20)")
     args = p.parse_args(argv)
     rows = analyse_refs(Path(args.data), Path(args.cache) if args.cache else None)
     for ds in ("emglab", "mendeley"):
         print(f"\n### {ds}: mean ± SD over subjects (number of subjects)\n")
         print(class_table(rows, ds))
+    if args.compare_sim:
+        real = [r for r in rows if r["dataset"] == "emglab"]
+        sim_rows, sim_spec = simulated_rows(args.sim_seeds, args.sim_seconds)
+        print("\n### simulator vs EMGLAB (mean over subjects / seeds)\n")
+        print(sim_table(real, sim_rows, real_spectra(Path(args.data)), sim_spec))
     if args.write_reference:
         normal = [r for r in rows if r["dataset"] == "emglab" and r["label"] == "Normal"]
         ref = build_reference(normal, "EMGLAB N2001 Normal recordings (biceps brachii, low effort)")

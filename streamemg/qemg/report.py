@@ -68,19 +68,37 @@ class _Pooled:
         self.an = QemgAnalyser(fs, n_channels, settings)
         self.units: list[UnitMeasures] = []
         self.harvests = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_n = 0
         self.every = max(1, round(settings.horizon_s * fs))
         self.next_harvest = self.every
 
     def feed(self, data: np.ndarray, hop: int) -> None:
-        for i in range(0, data.shape[0], hop):
-            self.an.process(data[i : i + hop])
+        """Analyse in blocks of exactly ``hop`` samples, whatever the source's chunking (the rest waits)."""
+        self.pending.append(np.asarray(data, dtype=np.float32))
+        self.pending_n += data.shape[0]
+        if self.pending_n < hop:
+            return
+        x = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        n = (x.shape[0] // hop) * hop
+        self.pending = [x[n:]]
+        self.pending_n = x.shape[0] - n
+        self._run(x[:n], hop)
+
+    def _run(self, x: np.ndarray, hop: int) -> None:
+        for i in range(0, x.shape[0], hop):
+            self.an.process(x[i : i + hop])
             if self.an.samples_seen >= self.next_harvest:
-                self.units.extend(self.an.summary().units)
+                self.units.extend(self.an.summary(fresh=True).units)
                 self.harvests += 1
                 self.next_harvest += self.every
 
     def finish(self) -> tuple[list[UnitMeasures], QemgSummary, int]:
-        last = self.an.summary()
+        if self.pending_n:
+            rest = np.concatenate(self.pending)
+            self._run(rest, rest.shape[0])
+            self.pending, self.pending_n = [], 0
+        last = self.an.summary(fresh=True)
         # the tail since the last harvest: its units, unless that stretch is shorter than half a horizon
         # and was already harvested with the previous horizon
         if self.an.samples_seen > self.next_harvest - self.every // 2 or not self.units:

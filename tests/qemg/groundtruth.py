@@ -72,7 +72,7 @@ def score(
     hop = round(0.25 * fs)
     for i in range(0, x.shape[0], hop):
         an.process(x[i : i + hop])
-    summary = an.summary()
+    summary = an.summary(fresh=True)
     units = np.concatenate([u for u, _ in sim.event_log])
     pos = np.concatenate([p for _, p in sim.event_log])
     gain = sim.profile.pickup_gain

@@ -1,0 +1,69 @@
+"""QEMG measures of single waveforms and firing trains, against the simulator's own definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from simulators.synth import count_phases, draw_muap_shape, muap_duration_ms, render_potential
+from streamemg.errors import ConfigError
+from streamemg.qemg import QemgSettings, firing_stats, waveform_measures
+from streamemg.qemg.measures import count_turns, remove_baseline
+
+
+@pytest.mark.parametrize("n_phases", [2, 3, 5, 7])
+def test_noise_free_kernel_measures_equal_the_simulator_definitions(n_phases: int) -> None:
+    fs = 10000.0
+    rng = np.random.default_rng(n_phases)
+    k = render_potential(draw_muap_shape(rng, n_phases), fs, duration_ms=9.0, amplitude_uv=400.0)
+    w = np.concatenate([np.zeros(200), k, np.zeros(200)])
+    m = waveform_measures(w, fs)
+    assert m.amplitude_uv == pytest.approx(400.0, rel=1e-9)
+    assert m.duration_ms == pytest.approx(muap_duration_ms(k, fs), abs=0.11)
+    assert m.phases == count_phases(k)
+    assert m.area_uv_ms == pytest.approx(np.abs(w[m.onset : m.end + 1]).sum() * 1000.0 / fs)
+    assert m.thickness_ms == pytest.approx(m.area_uv_ms / m.amplitude_uv)
+
+
+def test_turns_need_25_uv_excursions_and_noise_raises_the_duration_threshold() -> None:
+    # up to 120 (the 20 µV dip at 80 is no turn), down to -60 (turn 1; the 10 µV bump is none), up to 0 (turn 2)
+    x = np.array([0, 100, 80, 120, -50, -40, -60, 0], dtype=float)
+    assert count_turns(x, 25.0) == 2
+    assert count_turns(x, 15.0) == 4
+    fs = 10000.0
+    k = render_potential(draw_muap_shape(np.random.default_rng(1), 3), fs, 10.0, 200.0)
+    w = np.concatenate([np.zeros(300), k, np.zeros(300)])
+    quiet = waveform_measures(w, fs)
+    noisy = waveform_measures(w, fs, noise_uv=10.0)  # threshold 30 µV instead of 6 µV: shorter
+    assert noisy.duration_ms < quiet.duration_ms - 1.0
+
+
+def test_baseline_is_removed_from_the_segment_ends() -> None:
+    w = np.full(100, 7.0)
+    w[40:60] += np.hanning(20) * 50
+    out, sd = remove_baseline(w, 10)
+    assert out[:10] == pytest.approx(0.0) and sd == pytest.approx(0.0)
+
+
+def test_firing_rate_survives_missed_and_doubled_discharges() -> None:
+    rng = np.random.default_rng(0)
+    isi = rng.normal(1 / 12.0, 0.1 / 12.0, 120)  # 12 Hz, CV 0.1
+    t = np.cumsum(isi)
+    keep = rng.uniform(size=t.size) > 0.3  # 30% missed (superimposed on other units)
+    t2 = np.sort(np.concatenate([t[keep], t[::17] + 0.004]))  # and a few doubled detections 4 ms later
+    rate, cv, n = firing_stats(t2)
+    assert rate == pytest.approx(12.0, abs=0.7)
+    assert 0.03 < cv < 0.2 and n >= 20
+    assert all(math.isnan(v) for v in firing_stats([0.0, 0.1, 0.2])[:2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"k_detect": -1}, "k_detect"), ({"max_templates": 0}, "max_templates"), ({"notch_hz": 55}, "notch_hz"),
+     ({"match_ms": 20.0}, "match_ms"), ({"horizon_s": float("nan")}, "horizon_s")],
+)
+def test_bad_settings_name_the_field(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        QemgSettings(**kwargs)
