@@ -436,7 +436,7 @@ def _subject_result(rec: LevelResult, subject_of: Mapping[str, str]) -> LevelRes
 def _note_mapping(prepared: Sequence[Any]) -> list[str]:
     from .datasets import LABEL_MAPPING_NOTE
 
-    if any(p.ref.dataset != "emglab" for p in prepared):
+    if any(p.ref.dataset in ("mendeley", "emgdb") for p in prepared):
         return [LABEL_MAPPING_NOTE]
     return []
 
