@@ -359,7 +359,7 @@ def test_cli_bench_json_tiny_run(bundle, tmp_path, capsys: pytest.CaptureFixture
     bundle.save(path)
     out = tmp_path / "report.json"
     code = cli_main(["bench", "--json", "--quick", "--model", str(path), "--streams", "1,4", "--duration", "2",
-                     "--no-lsl", "--no-mqtt", "--output", str(out)])
+                     "--latency-streams", "1,3", "--no-lsl", "--no-mqtt", "--output", str(out)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == report
@@ -373,3 +373,29 @@ def test_cli_bench_json_tiny_run(bundle, tmp_path, capsys: pytest.CaptureFixture
     assert 0 < report["rss_mb_per_stream"] < 50
     assert report["capacity_streams"] in (0, 1, 4)
     assert report["latency_ms_p99"] is None  # no 64-stream run in this configuration
+    assert [row["streams"] for row in report["latency_by_load"]] == [1, 3]
+    for row in report["latency_by_load"]:
+        assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"] < 2000
+    assert report["latency_by_load_max_wait_ms"] == 0.0  # event-driven batching by default
+    assert "lsl_capacity" not in report
+
+
+@pytest.mark.lsl
+@pytest.mark.slow
+def test_cli_bench_json_carries_the_lsl_capacity_of_outlets_in_another_process(
+    bundle, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "small.pt"
+    bundle.save(path)
+    code = cli_main(["bench", "--json", "--quick", "--model", str(path), "--streams", "1", "--duration", "3",
+                     "--latency-streams", "1", "--no-mqtt", "--lsl-streams", "4", "--no-qemg"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    cap = report["lsl_capacity"]
+    assert isinstance(cap, dict), cap  # a string says why it could not run
+    (run,) = cap["runs"]
+    assert run["streams"] == 4 and run["classified_streams"] == 4
+    assert run["windows"] > 0 and run["latency_ms_p50"] > 0
+    assert run["fleet"]["outlets"] == 4 and run["fleet"]["ticks"] > 0 and "lateness_ms_p99" in run["fleet"]
+    assert cap["capacity_streams"] in (0, 4) and (cap["capacity_streams"] == 4) == run["keeps_up"]
+    assert report["qemg"] is False

@@ -39,13 +39,14 @@ import torch
 from ..engine import OPTIMIZE_MODES, EngineSettings, default_threads, select_device
 from ..errors import ConfigError
 from ..model import ModelBundle
+from ..pipeline import PipelineSettings
 from .batching import measure_batching
 from .capacity import BenchSource, RealtimeResult, SourceStats, measure_dashboard_cost, run_realtime, search_capacity
 from .common import TARGET_CAPACITY, TARGET_P99_MS, TARGET_RSS_MB, _load, make_templates, read_rss_mb
 from .compute import auto_variant, measure_matmul, measure_model, pick_max_batch
 from .ingest import measure_ingest
 from .memory import measure_rss_per_stream, measure_rss_subprocess
-from .transports import _lsl_figures, _mqtt_figures
+from .transports import _lsl_capacity_figures, _lsl_figures, _mqtt_figures
 
 __all__ = [
     "TARGET_CAPACITY",
@@ -94,7 +95,12 @@ class BenchSettings:
         batch_sizes: batch sizes of the model sweep.
         spread: stagger the streams' start over one hop (as independent devices are); False = every stream's
             windows fall due in the same 10 ms (the worst burst).
-        lsl, mqtt, dashboard: run those parts.
+        lsl, mqtt, dashboard: run those parts (``lsl``: the LSL ingest latency and the LSL capacity runs).
+        latency_counts: stream counts of the latency-by-load runs (in-process sources, the chosen engine settings).
+        lsl_counts: outlet counts of the LSL capacity runs (None: 32, 128 quick; 64, 128, 256, 512 full), run in
+            ascending order until one does not keep up.
+        qemg: run the pipeline's per-stream QEMG analysis in the real-time runs (as shipped); False measures the
+            classification path alone.
         model_path: the bundle's file (None = the shipped model), for the memory measurement's fresh process.
     """
 
@@ -110,7 +116,7 @@ class BenchSettings:
     max_batch: int | None = None
     max_wait_ms: float | None = None
     threads: int | None = None
-    waits_ms: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
+    waits_ms: tuple[float, ...] = (0.0, 1.0, 5.0, 20.0)
     sweep_streams: int = 256
     batch_sizes: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256)
     spread: bool = True
@@ -118,6 +124,9 @@ class BenchSettings:
     mqtt: bool = True
     dashboard: bool = True
     model_path: str | None = None
+    latency_counts: tuple[int, ...] = (1, 8, 32, 128)
+    lsl_counts: tuple[int, ...] | None = None
+    qemg: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.quick, bool):
@@ -140,6 +149,10 @@ class BenchSettings:
             raise ConfigError(f"BenchSettings.batch_sizes={self.batch_sizes!r}: give batch sizes >= 1")
         if not all(math.isfinite(w) and w >= 0 for w in self.waits_ms):
             raise ConfigError(f"BenchSettings.waits_ms={self.waits_ms!r}: give waits in ms >= 0")
+        for name in ("latency_counts", "lsl_counts"):
+            counts = getattr(self, name)
+            if counts is not None and not (counts and all(isinstance(n, int) and n >= 1 for n in counts)):
+                raise ConfigError(f"BenchSettings.{name}={counts!r}: give stream counts >= 1, e.g. (1, 8, 32, 128)")
 
     @property
     def run_s(self) -> float:
@@ -253,11 +266,15 @@ async def run_bench(
     report["rss"] = rss
 
     runs: dict[str, dict[str, Any]] = {}
+    pipe_settings = PipelineSettings()
+    if not s.qemg:
+        pipe_settings = replace(pipe_settings, qemg=replace(pipe_settings.qemg, enabled=False))
+    report["qemg"] = bool(pipe_settings.qemg.enabled)
 
     async def realtime(n: int, es: EngineSettings, dashboard: bool = False, tag: str = "") -> RealtimeResult:
         say(f"real time: {n} streams (max_batch {es.max_batch}, max_wait {es.max_wait_ms:g} ms){tag}")
         r = await run_realtime(bundle, n, es, templates, s.run_s, s.warm_s, s.fs, s.chunk_ms, s.spread,
-                               measure_dashboard=dashboard)
+                               measure_dashboard=dashboard, settings=pipe_settings)
         runs[f"{n}{tag}"] = r.as_dict()
         say(f"  -> keeps up: {r.keeps_up}; p50 {r.latency_ms_p50:.1f} ms, p99 {r.latency_ms_p99:.1f} ms, "
             f"cpu {r.cpu:.2f} cores {r.reason}")
@@ -295,7 +312,7 @@ async def run_bench(
             report["dashboard"] = r.dashboard
         say(f"real time: {n} streams, one call per window (model as built)")
         one = await run_realtime(bundle, n, single_settings, templates, single_s, s.warm_s, s.fs, s.chunk_ms,
-                                 s.spread)
+                                 s.spread, settings=pipe_settings)
         single_cost = one.engine_cpu_us_per_window
         cost = r.engine_cpu_us_per_window
         row["single_cpu_us_per_window"] = round(single_cost, 1) if math.isfinite(single_cost) else None
@@ -320,6 +337,24 @@ async def run_bench(
         }
         torch.set_num_threads(engine_threads)
 
+    say("latency by load")
+    # decision latency (due -> published) at 1 ... 128 streams with the chosen settings; in the full run also with
+    # the fixed 5 ms wait for company the engine used before event-driven batching, for comparison
+    by_load: list[dict[str, Any]] = []
+    compare = () if s.quick or engine_settings.max_wait_ms == 5.0 else (5.0,)
+    for n in s.latency_counts:
+        row = {"streams": n}
+        for wait in (engine_settings.max_wait_ms, *compare):
+            r = await realtime(n, replace(engine_settings, max_wait_ms=wait), tag=f" latency wait={wait:g}")
+            key = "" if wait == engine_settings.max_wait_ms else f"_wait{wait:g}ms"
+            row.update({f"latency_ms_p50{key}": round(r.latency_ms_p50, 2),
+                        f"latency_ms_p99{key}": round(r.latency_ms_p99, 2),
+                        f"keeps_up{key}": r.keeps_up, f"cpu{key}": round(r.cpu, 3),
+                        f"batch_mean{key}": round(r.batch_mean, 2)})
+        by_load.append(row)
+    report["latency_by_load"] = by_load
+    report["latency_by_load_max_wait_ms"] = engine_settings.max_wait_ms
+
     say("capacity")
     if s.quick:
         passing = [n for n, ok in known.items() if ok]
@@ -337,6 +372,9 @@ async def run_bench(
     if s.lsl:
         say("LSL ingest")
         report["lsl"] = await _lsl_figures(s.quick)
+        say("LSL capacity (outlets in a separate process)")
+        counts = s.lsl_counts or ((32, 128) if s.quick else (64, 128, 256, 512))
+        report["lsl_capacity"] = await _lsl_capacity_figures(bundle, engine_settings, counts, s, pipe_settings, say)
     if s.mqtt:
         say("MQTT ingest")
         report["mqtt"] = await _mqtt_figures(s.quick)

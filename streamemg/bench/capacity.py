@@ -195,6 +195,7 @@ async def run_realtime(
     spread: bool = True,
     p99_limit_ms: float = TARGET_P99_MS,
     measure_dashboard: bool = False,
+    settings: PipelineSettings | None = None,
 ) -> RealtimeResult:
     """Run the whole pipeline on ``n_streams`` real-time streams for ``duration_s``; measure latency and CPU.
 
@@ -221,7 +222,7 @@ async def run_realtime(
         lat_pipe.append(est.latency_ms)
         published.append(now)
 
-    pipe = Pipeline([src], [], bundle=bundle, settings=PipelineSettings(), engine_settings=engine_settings,
+    pipe = Pipeline([src], [], bundle=bundle, settings=settings or PipelineSettings(), engine_settings=engine_settings,
                     on_estimate=on_estimate)
     gc.collect()
     await pipe.run()

@@ -279,6 +279,7 @@ async def measure_lsl_capacity(
     duration_s: float = 10.0,
     warmup_s: float = 2.0,
     progress: Any = None,
+    settings: PipelineSettings | None = None,
 ) -> dict[str, Any]:
     """:func:`run_lsl_realtime` at each count (ascending; stops after the first count that does not keep up).
 
@@ -289,7 +290,7 @@ async def measure_lsl_capacity(
     for n in sorted(set(counts)):
         if progress is not None:
             progress(f"LSL capacity: {n} outlets in another process")
-        r = await run_lsl_realtime(bundle, n, engine_settings, duration_s, warmup_s)
+        r = await run_lsl_realtime(bundle, n, engine_settings, duration_s, warmup_s, settings=settings)
         runs.append(r)
         if progress is not None:
             fl = r.get("fleet", {})

@@ -24,6 +24,21 @@ async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
         return f"unavailable: {type(exc).__name__}: {exc}"
 
 
+async def _lsl_capacity_figures(bundle: Any, engine_settings: Any, counts: Any, s: Any, pipe_settings: Any,
+                                say: Any) -> dict[str, Any] | str:
+    """The LSL capacity runs (:mod:`streamemg.bench.lsl_capacity`), or why they could not run."""
+    try:
+        from ..lsl.executor import lsl_available
+        from .lsl_capacity import measure_lsl_capacity
+
+        if not lsl_available():
+            return "unavailable: liblsl cannot be loaded"
+        return await measure_lsl_capacity(bundle, engine_settings, counts, duration_s=s.run_s, warmup_s=s.warm_s,
+                                          progress=say, settings=pipe_settings)
+    except Exception as exc:  # report, never fail the benchmark
+        return f"unavailable: {type(exc).__name__}: {exc}"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

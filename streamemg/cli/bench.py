@@ -40,19 +40,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--aligned", action="store_true", help="all streams' windows fall due together (worst burst)")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL ingest figures")
     p.add_argument("--no-mqtt", action="store_true", help="skip the MQTT ingest figures")
+    p.add_argument(
+        "--lsl-streams", default=None, metavar="N,N,...",
+        help="outlet counts of the LSL capacity runs (default 32,128 quick; 64,128,256,512 full)",
+    )
+    p.add_argument(
+        "--latency-streams", default=None, metavar="N,N,...",
+        help="stream counts of the latency-by-load runs (default 1,8,32,128)",
+    )
+    p.add_argument("--no-qemg", action="store_true", help="real-time runs without the per-stream QEMG analysis")
     p.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
     p.set_defaults(func=run)
 
 
-def _counts(text: str | None) -> tuple[int, ...] | None:
+def _counts(text: str | None, flag: str = "--streams") -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"--streams {text!r}: give comma-separated stream counts, e.g. 1,16,64,256") from None
+        raise ConfigError(f"{flag} {text!r}: give comma-separated stream counts, e.g. 1,16,64,256") from None
     if not counts or min(counts) < 1:
-        raise ConfigError(f"--streams {text!r}: give stream counts of at least 1")
+        raise ConfigError(f"{flag} {text!r}: give stream counts of at least 1")
     return counts
 
 
@@ -73,8 +82,14 @@ def run(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {
         "quick": args.quick, "device": args.device, "duration_s": args.duration, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "threads": args.threads, "spread": not args.aligned,
-        "lsl": not args.no_lsl, "mqtt": not args.no_mqtt, "model_path": args.model,
+        "lsl": not args.no_lsl, "mqtt": not args.no_mqtt, "model_path": args.model, "qemg": not args.no_qemg,
     }
+    latency_counts = _counts(args.latency_streams, "--latency-streams")
+    if latency_counts is not None:
+        kw["latency_counts"] = latency_counts
+    lsl_counts = _counts(args.lsl_streams, "--lsl-streams")
+    if lsl_counts is not None:
+        kw["lsl_counts"] = lsl_counts
     counts = _counts(args.streams)
     if counts is not None:
         kw["stream_counts"] = counts
@@ -147,6 +162,39 @@ def print_report(report: dict[str, Any]) -> None:
                       _fmt(row["latency_ms_p99"]), _fmt(row["cpu"], 2), _fmt(row["loop_cpu"], 2),
                       _fmt(row["batch_mean"]), _fmt(row.get("batched_vs_single"), 2), row.get("reason", ""))
     console.print(curve)
+
+    by_load = report.get("latency_by_load") or []
+    if by_load:
+        t = Table(title=f"decision latency by load (max_wait {report.get('latency_by_load_max_wait_ms')} ms; "
+                  f"QEMG {'on' if report.get('qemg') else 'off'})")
+        extra = any("latency_ms_p50_wait5ms" in row for row in by_load)
+        cols = ["streams", "p50 ms", "p99 ms", "cpu cores", "batch mean"]
+        cols += ["p50 / p99 ms, 5 ms wait"] if extra else []
+        for col in cols:
+            t.add_column(col, justify="right")
+        for row in by_load:
+            cells = [str(row["streams"]), _fmt(row["latency_ms_p50"], 2), _fmt(row["latency_ms_p99"], 2),
+                     _fmt(row["cpu"], 2), _fmt(row["batch_mean"], 2)]
+            if extra:
+                p50, p99 = row.get("latency_ms_p50_wait5ms"), row.get("latency_ms_p99_wait5ms")
+                cells.append(f"{_fmt(p50, 2)} / {_fmt(p99, 2)}")
+            t.add_row(*cells)
+        console.print(t)
+
+    lsl_cap = report.get("lsl_capacity")
+    if isinstance(lsl_cap, dict):
+        t = Table(title=f"LSL capacity: outlets in another process (largest that kept up: "
+                  f"{lsl_cap.get('capacity_streams')})")
+        for col in ("outlets", "keeps up", "open s", "p50 ms", "p99 ms", "cpu cores", "outlets late p99 ms", "note"):
+            t.add_column(col, justify="left" if col == "note" else "right")
+        for row in lsl_cap.get("runs", []):
+            fleet = row.get("fleet") or {}
+            t.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row.get("open_s"), 1),
+                      _fmt(row.get("latency_ms_p50"), 1), _fmt(row.get("latency_ms_p99"), 1), _fmt(row.get("cpu"), 2),
+                      _fmt(fleet.get("lateness_ms_p99"), 1), row.get("reason", ""))
+        console.print(t)
+    elif lsl_cap is not None:
+        console.print(f"[bold]LSL capacity[/]: {lsl_cap}")
 
     by = report.get("batched_vs_single_by_streams") or {}
     if by:
