@@ -45,6 +45,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--ks", default="1,2,4", help="--cross-site: subjects per class to fine-tune on (default 1,2,4)")
     p.add_argument("--draws", type=int, default=3, help="--cross-site: random draws per k (default 3)")
     p.add_argument("--ft-steps", type=int, default=None, help="--cross-site: fine-tuning steps (default 150)")
+    p.add_argument(
+        "--ft-layers", default=None, choices=("all", "head", "norm_head"),
+        help="--cross-site: which parameters fine-tuning moves (default all)",
+    )
+    p.add_argument(
+        "--calibration-mode", default="affine", choices=("affine", "shift"),
+        help="--cross-site: site profile mode for the calibrated rows (default affine)",
+    )
     p.add_argument("--leaky", action="store_true", help="also a LEAKY random window split (for comparison only)")
     p.add_argument("--no-cv", action="store_true", help="skip the cross-validation (only --cross-site/--leaky)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
@@ -52,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--epochs", type=int, default=None, help="training epochs per fold (default: the shipped model's)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--augment", default=None, metavar="K=V,...",
+        help="change training augmentation, e.g. gain_db=20,tilt_db_per_octave=3,lowpass_prob=0.5",
+    )
     p.add_argument("--quick", action="store_true", help="tiny training budget (a smoke test, not a result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -88,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(seed=args.seed, device=args.device, threads=args.threads)
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
+    if args.augment:
+        from ..clinical.train import parse_augment
+
+        settings = dataclasses.replace(settings, augment=parse_augment(args.augment))
     if args.quick:
         settings = dataclasses.replace(settings, epochs=min(settings.epochs, 2), draws_per_s=0.25)
     config = default_config()
@@ -112,13 +128,16 @@ def run(args: argparse.Namespace) -> int:
         ft = FineTuneSettings(seed=args.seed, device=args.device, threads=args.threads)
         if args.ft_steps is not None:
             ft = dataclasses.replace(ft, steps=args.ft_steps)
+        if args.ft_layers is not None:
+            ft = dataclasses.replace(ft, layers=args.ft_layers)
         if args.quick:
             ft = dataclasses.replace(ft, steps=min(ft.steps, 10))
         for a, b in (("emglab", "mendeley"), ("mendeley", "emglab")):
             if any(p.ref.dataset == a for p in prepared) and any(p.ref.dataset == b for p in prepared):
                 transfer.append(
                     transfer_direction(
-                        prepared, config, a, b, settings, ks, args.draws, ft, progress=progress, log=console.print
+                        prepared, config, a, b, settings, ks, args.draws, ft, args.calibration_mode,
+                        progress=progress, log=console.print,
                     )
                 )
     if args.leaky:

@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="comma-separated data sets to train on: emglab, mendeley, emgdb (default: emglab,mendeley)",
     )
     p.add_argument("--metrics", default=None, metavar="JSON", help="`streamemg evaluate --json` output to embed")
+    p.add_argument(
+        "--augment", default=None, metavar="K=V,...",
+        help="change training augmentation, e.g. gain_db=20,tilt_db_per_octave=3,lowpass_prob=0.5",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run (2 epochs, few windows) to check the setup")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -77,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(seed=args.seed, device=args.device, threads=args.threads)
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
+    if args.augment:
+        from ..clinical.train import parse_augment
+
+        settings = dataclasses.replace(settings, augment=parse_augment(args.augment))
     if args.quick:
         settings = dataclasses.replace(settings, epochs=min(settings.epochs, 2), draws_per_s=0.25)
     metrics = {}

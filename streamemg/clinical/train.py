@@ -140,6 +140,27 @@ class AugmentSettings:
         return cls(gain_db=0.0, noise_prob=0.0, hum_prob=0.0, tilt_db_per_octave=0.0, time_shift=False)
 
 
+def parse_augment(text: str, base: AugmentSettings | None = None) -> AugmentSettings:
+    """``"gain_db=20,lowpass_prob=0.5"`` -> :class:`AugmentSettings` (numbers only; others keep ``base``'s values).
+
+    Raises:
+        ConfigError: an unknown key or a value that is not a number (the message lists the keys).
+    """
+    base = base or AugmentSettings()
+    numeric = ("gain_db", "noise_prob", "hum_prob", "tilt_db_per_octave", "lowpass_prob")
+    changes: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in numeric:
+            raise ConfigError(f"--augment {part!r}: write KEY=NUMBER with KEY one of {', '.join(numeric)}")
+        try:
+            changes[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--augment {part!r}: {value!r} is not a number") from None
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
 BALANCE_MODES = ("none", "class", "site_class_subject")
 
 

@@ -198,3 +198,21 @@ async def test_recording_level_equals_streaming_pipeline(tmp_path: Path) -> None
     await pipeline.run(duration=120)
     assert len(estimates) == len(prepared_rec.stream_ends)
     np.testing.assert_allclose(estimates[-1].cumulative, rec.probs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_parse_augment_and_lowpass() -> None:
+    from streamemg.clinical.train import parse_augment
+
+    a = parse_augment("gain_db=20, lowpass_prob=1")
+    assert a.gain_db == 20.0 and a.lowpass_prob == 1.0 and a.hum_prob == AugmentSettings().hum_prob
+    with pytest.raises(ConfigError, match="KEY one of"):
+        parse_augment("gain=3")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_augment("gain_db=loud")
+    # a low-pass at <= 2 kHz removes most power above 1.5 kHz, none below 100 Hz
+    x = torch.randn(16, 4000)
+    only = dataclasses.replace(AugmentSettings.off(), lowpass_prob=1.0, lowpass_hz=(500.0, 500.0))
+    y = augment_batch(x, 4000.0, only, torch.Generator().manual_seed(0))
+    px, py = torch.fft.rfft(x).abs() ** 2, torch.fft.rfft(y).abs() ** 2
+    assert float(py[:, 1500:].sum() / px[:, 1500:].sum()) < 0.05
+    assert float(py[:, 1:100].sum() / px[:, 1:100].sum()) > 0.95
