@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import math
 import time
@@ -257,14 +258,68 @@ class _Stream:
     max_samples: int
     buf: np.ndarray
     inlet: Any = None
+    reader: _InletReader | None = None
     last_data: float = 0.0
     seen_at: float = 0.0
     samples: int = 0
     dead_uids: set[str] = field(default_factory=set)
 
 
-#: (stream, inlet, plan, preallocated buffer (max_samples, stream channels) in the stream's dtype)
-_PullJob = tuple[_Stream, Any, ChannelPlan, np.ndarray]
+class _InletReader:
+    """Pulls one inlet into preallocated buffers with liblsl's C call and arguments built once.
+
+    pylsl's ``pull_chunk`` builds its ctypes arguments and a timestamp array on every call (about 15 µs); with
+    hundreds of inlets polled every few milliseconds that was the largest single cost of LSL ingest. Here the
+    arguments (the inlet handle, pointers to the preallocated sample and timestamp buffers, their sizes, a zero
+    timeout and the error code) are made once per inlet, so a pull is one foreign call. Where pylsl does not
+    expose its per-format C function (other versions), the reader falls back to ``pull_chunk``.
+
+    Attributes:
+        buf: ``(max_samples, stream channels)`` samples in the stream's dtype (overwritten by every pull).
+        ts: ``(max_samples,)`` float64 timestamps (overwritten by every pull).
+    """
+
+    __slots__ = ("_args", "_channels", "_err", "_fn", "_handle_error", "buf", "inlet", "ts")
+
+    def __init__(self, inlet: Any, buf: np.ndarray, handle_error: Any) -> None:
+        self.inlet = inlet
+        self.buf = buf
+        self.ts = np.empty(buf.shape[0], dtype=np.float64)
+        self._channels = buf.shape[1]
+        self._err = ctypes.c_int(0)
+        self._handle_error = handle_error
+        fn = getattr(inlet, "do_pull_chunk", None)
+        obj = getattr(inlet, "obj", None)
+        usable = fn is not None and obj is not None and getattr(inlet, "np_dtype", None) == buf.dtype
+        self._fn = fn if usable else None
+        self._args = (
+            (obj, ctypes.c_void_p(buf.ctypes.data), ctypes.c_void_p(self.ts.ctypes.data), ctypes.c_size_t(buf.size),
+             ctypes.c_size_t(buf.shape[0]), ctypes.c_double(0.0), ctypes.byref(self._err))
+            if usable else ()
+        )
+
+    def pull(self) -> int:
+        """Pull what has arrived (never waits) into :attr:`buf` / :attr:`ts`; the number of samples.
+
+        Raises:
+            pylsl's LostError when the outlet is gone; its InternalError (a RuntimeError) on other failures.
+        """
+        fn = self._fn
+        if fn is None:
+            _, ts = self.inlet.pull_chunk(timeout=0.0, max_samples=self.buf.shape[0], dest_obj=self.buf,
+                                             as_numpy=True)
+            n = len(ts)
+            self.ts[:n] = ts
+            return n
+        values = fn(*self._args)
+        if self._err.value:
+            code, self._err.value = self._err.value, 0
+            self._handle_error(code)
+        return int(values) // self._channels
+
+
+#: (stream, inlet, plan, reader): what one pull needs, captured together on the loop
+_PullJob = tuple[_Stream, Any, ChannelPlan, _InletReader]
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +449,7 @@ class LSLSource:
             _, pending = await asyncio.wait(pending, timeout=1.0)
         holder: list[Any] = [s.inlet for s in self._streams.values() if s.inlet is not None]
         for s in self._streams.values():
-            s.inlet = None
+            s.inlet = s.reader = None
         if self._resolver is not None:
             holder.append(self._resolver)
             self._resolver = None
@@ -728,6 +783,7 @@ class LSLSource:
                 if changed:
                     await self._put(sinfo)
                 await self._put(StatusEvent(stream_id, StreamStatus.LIVE, "outlet back; reading again"))
+            stream.reader = _InletReader(holder[0], buf, self._pylsl.util.handle_error)
             stream.inlet = holder.pop()  # from here on the poll task pulls it
         finally:
             if holder and self._control is not None and not self._control.closed:
@@ -760,8 +816,8 @@ class LSLSource:
         """Drop the stream's inlet, show it as reconnecting, and wait for its source_id to come back."""
         if stream.inlet is None:
             return
-        holder = [stream.inlet]
-        stream.inlet = None
+        holder = [stream.inlet, stream.reader]
+        stream.inlet = stream.reader = None
         stream.dead_uids.add(stream.uid)
         ident = stream.key.split(":", 1)[1]
         what = "source_id" if stream.key.startswith("sid:") else "host/name/type"
@@ -787,17 +843,17 @@ class LSLSource:
         reconnection that swaps the stream's inlet meanwhile can never pair an inlet with a foreign buffer.
         """
         results: list[tuple[_Stream, Any, list[tuple[np.ndarray, np.ndarray]], BaseException | None]] = []
-        for stream, inlet, plan, buf in batch:
+        for stream, inlet, plan, reader in batch:
             pieces: list[tuple[np.ndarray, np.ndarray]] = []
             error: BaseException | None = None
+            buf, ts = reader.buf, reader.ts
             cap = buf.shape[0]
             try:
                 for _ in range(max_pulls):
-                    view, ts = inlet.pull_chunk(timeout=0.0, max_samples=cap, dest_obj=buf, as_numpy=True)
-                    n = len(ts)
+                    n = reader.pull()
                     if n == 0:
                         break
-                    pieces.append((plan.apply(view), np.array(ts, dtype=np.float64)))
+                    pieces.append((plan.apply(buf[:n]), ts[:n].copy()))
                     if n < cap:
                         break
             except lost_error as exc:
@@ -813,7 +869,11 @@ class LSLSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
-            batch = [(st, st.inlet, st.plan, st.buf) for st in self._streams.values() if st.inlet is not None]
+            batch = [
+                (st, st.inlet, st.plan, st.reader)
+                for st in self._streams.values()
+                if st.inlet is not None and st.reader is not None
+            ]
             if batch:
                 results = await self._puller.call(
                     self._pull_blocking,
