@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -194,7 +195,9 @@ class Dashboard:
         self._reader: KeyReader | None = None
         self._inspector: WindowInspector | None = None
         self._inspector_failed = False
-        self._inspection: tuple[tuple[str, int], Inspection | None] | None = None
+        self._inspection: tuple[tuple[str, int], Inspection] | None = None  # the newest finished one
+        self._inspecting: tuple[tuple[str, int], concurrent.futures.Future[Inspection]] | None = None
+        self._inspect_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.renderer = DashboardRenderer()
         self.refreshes = 0
         self.skipped = 0
@@ -254,6 +257,9 @@ class Dashboard:
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+        pool, self._inspect_pool = self._inspect_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -399,27 +405,46 @@ class Dashboard:
         return StreamDetail(row, tuple(f"ch{i + 1}" for i in range(row.n_channels)), "uV", {}, empty, row.fs)
 
     def _inspect(self, detail: StreamDetail | None) -> Inspection | None:
-        """The model's view of the detail's newest window, computed once per new window of the shown stream."""
-        if detail is None or detail.window is None or detail.stream.last is None or self.bundle is None:
-            return None
-        key = (detail.stream.stream_id, detail.stream.last.index)
-        if self._inspection is not None and self._inspection[0] == key:
-            return self._inspection[1]
-        result = None
-        if not self._inspector_failed:
-            try:
-                if self._inspector is None:
-                    from .inspect import WindowInspector
+        """The model's view of the shown stream's newest window.
 
-                    self._inspector = WindowInspector(self.bundle)
-                quality = detail.stream.last.channel_quality
-                ch = next((i for i, q in enumerate(quality) if q == "ok"), 0) if quality else 0
-                result = self._inspector.inspect(detail.window[:, min(ch, detail.window.shape[1] - 1)])
+        Computed on a thread of its own with one torch thread (never on the event loop: a forward pass there
+        could stall ingest, and torch's thread pool spins when the machine is busy), once per new window of
+        the shown stream; until it is ready the previous window's view of the same stream is shown.
+        """
+        if detail is None or self.bundle is None or self._inspector_failed:
+            return None
+        stream_id = detail.stream.stream_id
+        running = self._inspecting
+        if running is not None and running[1].done():
+            self._inspecting = None
+            try:
+                self._inspection = (running[0], running[1].result())
             except Exception as exc:  # the view still shows the signal; say why the spectrogram is missing
                 self._inspector_failed = True
                 log.warning("stream view: the spectrogram could not be computed: %s", exc)
-        self._inspection = (key, result)
-        return result
+                return None
+        last = detail.stream.last
+        if detail.window is not None and last is not None and self._inspecting is None:
+            key = (stream_id, last.index)
+            if self._inspection is None or self._inspection[0] != key:
+                quality = last.channel_quality
+                ch = next((i for i, q in enumerate(quality) if q == "ok"), 0) if quality else 0
+                window = np.array(detail.window[:, min(ch, detail.window.shape[1] - 1)], dtype=np.float32)
+                if self._inspect_pool is None:
+                    self._inspect_pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="streamemg-inspect", initializer=_one_torch_thread
+                    )
+                self._inspecting = (key, self._inspect_pool.submit(self._run_inspector, window))
+        done = self._inspection
+        return done[1] if done is not None and done[0][0] == stream_id else None
+
+    def _run_inspector(self, window: np.ndarray) -> Inspection:
+        if self._inspector is None:
+            from .inspect import WindowInspector
+
+            assert self.bundle is not None
+            self._inspector = WindowInspector(self.bundle)
+        return self._inspector.inspect(window)
 
     def _prune_costs(self, now: float) -> None:
         limit = now - self.cost_window_s
@@ -438,6 +463,13 @@ class Dashboard:
                 with contextlib.suppress(Exception):  # a summary is a courtesy; never mask the real outcome
                     self.console.print(self.renderer.header(self.last_snapshot))
 
+
+
+def _one_torch_thread() -> None:
+    """Initialiser of the stream view's inspection thread: one torch thread there (thread-local setting)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _raise_sigint() -> None:
