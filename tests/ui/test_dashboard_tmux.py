@@ -135,7 +135,10 @@ def screenshot(ansi: str, path: Path, width: int = WIDTH) -> bool:
     if chromium is None:
         return False
     console = Console(record=True, width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor")
-    console.print(Text.from_ansi(ansi), end="")
+    lines = ansi.rstrip("\n").split("\n")
+    while lines and not re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).strip():  # the unused rows under a short table
+        lines.pop()
+    console.print(Text.from_ansi("\n".join(lines)), end="")
     svg = path.with_suffix(".svg")
     svg.write_text(console.export_svg(title="streamemg"), encoding="utf-8")
     size = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg.read_text(encoding="utf-8"))
