@@ -292,6 +292,19 @@ def test_keys_select_filter_open_a_stream_and_go_back() -> None:
         assert "Traceback" not in pane.capture()
 
 
+def test_without_a_terminal_on_stdin_the_table_takes_no_keys() -> None:
+    """Input from a pipe (a service, a script): the display is the plain self-paging table, and keys do nothing."""
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))} --streams 6 --duration 6 < /dev/null"
+    with tmux_pane(["sh", "-c", command]) as pane:
+        text = pane.wait_for(has_all("normal-001", "Ctrl-C to stop"), timeout=30.0, what="the table")
+        assert "Enter open" not in text and "▶" not in text
+        pane.send("/", "x", "Enter")
+        time.sleep(1.0)
+        after = pane.capture()
+        assert "filter" not in after and "normal-001" in after
+        assert pane.wait_exit(timeout=30.0) == 0
+
+
 def test_paging_follows_the_selection() -> None:
     with tmux_pane([sys.executable, str(FAKE), "--streams", "256"], height=30) as pane:
         text = pane.wait_for(has_all("page 1/", "Enter open"), timeout=30.0, what="a paged table")

@@ -212,6 +212,13 @@ def test_stream_view_shows_history_quality_and_waiting_states() -> None:
     assert "no longer there" in gone
 
 
+def test_untrained_model_in_the_stream_view_is_never_a_diagnosis() -> None:
+    detail = make_detail()
+    text = rendered(compose_stream_view(detail, None, width=160, height=50, trained=False), 160)
+    assert "untrained" in text and "not a diagnosis" in text
+    assert "estimate ALS" not in text
+
+
 def test_stream_view_shows_qemg_when_present() -> None:
     detail = make_detail()
     hist = list(detail.history)
