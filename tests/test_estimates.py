@@ -278,3 +278,35 @@ def test_reset() -> None:
     np.testing.assert_allclose(est.cumulative, [0.9, 0.1])
     with pytest.raises(ConfigError, match="n_classes"):
         RollingEstimator(EstimateSettings(), n_classes=0)
+
+
+# ---------------------------------------------------------------------------------------------- the fast path
+
+
+def test_fast_path_gives_the_general_paths_flags() -> None:
+    """Every-sample-finite windows take a path with fewer numpy calls; it must flag exactly as the general one."""
+    from streamemg.estimates import _assess_general
+
+    rng = np.random.default_rng(11)
+    seen: set[str] = set()
+    for trial in range(300):
+        n = int(rng.integers(2, 3000))
+        c = int(rng.integers(1, 5))
+        kind = trial % 6
+        x = rng.standard_normal((n, c)) * rng.choice([0.3, 3.0, 40.0, 400.0])
+        x += rng.choice([0.0, 2500.0, -1e4])  # electrode offsets up to 10 mV
+        if kind == 1:  # clipping: a rail on some channels
+            x = np.clip(x * 5, np.percentile(x, 5), np.percentile(x, 95))
+        elif kind == 2:  # a held value
+            x[:, 0] = x[0, 0]
+        elif kind == 3:  # coarse quantisation (touches its top level often, without dwelling there)
+            x = np.round(x / 50.0) * 50.0
+        elif kind == 4:  # a few rail samples: below the clipping fraction
+            x[rng.integers(0, n, 3), 0] = x[:, 0].max()
+        raw = (x.astype(np.float32) if trial % 2 else x).T.copy().T  # channel-major storage, as the pipeline's
+        if trial % 3 == 0:
+            raw = np.ascontiguousarray(raw)  # and sample-major
+        want = _assess_general(np.asarray(raw), QS)
+        assert assess_quality(raw, QS) == want, (trial, kind, n, c)
+        seen.update(want)
+    assert seen == {"ok", "flat", "clipping", "low_activity"}
