@@ -54,6 +54,12 @@ import numpy as np
 from ..errors import ConfigError, ProtocolError
 from ..types import Estimate, FloatArray
 
+_fast_loads: Any
+try:  # a faster JSON parser for the data messages of JSON devices (docs/mqtt-scaling.md); optional
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the installation
+    _fast_loads = None
+
 #: The 4-byte magic that starts every binary data message.
 MAGIC = b"EMG1"
 #: The protocol version carried in byte 4 of a binary message and in the meta ``schema`` field.
@@ -371,7 +377,7 @@ def decode_json(payload: bytes | bytearray | memoryview | str, limits: ProtocolL
         raise ProtocolError(
             f"payload of {size} bytes is above the limit of {limits.max_payload_bytes} bytes; send smaller chunks"
         )
-    obj = _load_json(payload, "data")
+    obj = _load_json(payload, "data", fast=True)
     if not isinstance(obj, dict):
         raise ProtocolError(f"JSON data message must be an object, got {type(obj).__name__}")
     missing = [k for k in ("seq", "t0", "fs", "data") if k not in obj]
@@ -404,14 +410,15 @@ def decode_json(payload: bytes | bytearray | memoryview | str, limits: ProtocolL
     n_ch = widths.pop()
     if not 1 <= n_ch <= limits.max_channels:
         raise ProtocolError(f"'data' rows hold {n_ch} channels, outside 1..{limits.max_channels}")
-    value_types = set(map(type, itertools.chain.from_iterable(rows)))
+    flat = list(itertools.chain.from_iterable(rows))  # one flat list: faster to check and to convert than rows
+    value_types = set(map(type, flat))
     if not value_types <= {int, float, type(None)}:
         bad_type = next(t for t in value_types if t not in (int, float, type(None)))
         raise ProtocolError(
             f"'data' values must be numbers (or null for a missing sample); found a {bad_type.__name__}"
         )
     try:
-        values = np.array(rows, dtype=np.float64)
+        values = np.array(flat, dtype=np.float64).reshape(n_s, n_ch)
     except (OverflowError, ValueError) as exc:
         raise ProtocolError(f"'data' values cannot be read as numbers: {exc}") from None
     with np.errstate(over="ignore"):
@@ -469,7 +476,19 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"{name} is not valid JSON: send null for a missing sample")
 
 
-def _load_json(payload: bytes | bytearray | memoryview | str, what: str) -> Any:
+def _load_json(payload: bytes | bytearray | memoryview | str, what: str, fast: bool = False) -> Any:
+    """Parse a JSON payload with the standard library, or with ``fast`` orjson first when it is installed.
+
+    ``fast`` is for data messages, the hot path of JSON devices. Anything orjson refuses is parsed again by the
+    standard library, so what is accepted (integers beyond 64 bits included) and every error message are the
+    standard library's. (orjson also accepts arrays nested up to 1024 deep where the standard library gives up
+    earlier; a data message nested like that is still refused, by the shape checks that follow.)
+    """
+    if fast and _fast_loads is not None:
+        try:
+            return _fast_loads(payload)
+        except (ValueError, TypeError):
+            pass
     if isinstance(payload, memoryview):
         payload = payload.tobytes()
     try:
