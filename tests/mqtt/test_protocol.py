@@ -395,3 +395,36 @@ def test_estimate_payload_is_strict_json_with_device() -> None:
     assert p.label_payload(dataclasses.replace(est, label=None)) == "withheld"
     assert p.label_payload(dataclasses.replace(est, trained=False)) == "untrained"
     assert json.loads(p.encode_estimate(dataclasses.replace(est, trained=False), "d"))["label"] == "untrained"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"seq":3,"t0":1.5,"fs":8000,"data":[[1.5,-2],[3,null],[1e3,4.25]]}',
+        b'{"seq":3,"t0":1.5,"fs":8000,"data":[[NaN]]}',
+        b'{"seq":36893488147419103232,"t0":0,"fs":8000,"data":[[1]]}',
+        b'{"seq":1,"t0":0,"fs":8000,"data":[[true]]}',
+        b'{"seq":1,"t0":0,"fs":8000,"data":[["1"]]}',
+        b'{"seq":1,"t0":0,"fs":8000,"data":[[1],[2,3]]}',
+        b'{"seq":1,"t0":0,"fs":8000,"data":[[1e400]]}',
+        b'{"seq":1,"t0":0,"fs":8000,"data":' + b"[" * 2000 + b"]" * 2000 + b"}",
+        b'{"seq":1,"t0":0,"fs":8000,"data":[[1]]',
+        b"\xff\xfe",
+    ],
+)
+def test_json_data_decodes_alike_with_and_without_orjson(payload: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    orjson = pytest.importorskip("orjson")
+
+    def decode(fast: object) -> object:
+        monkeypatch.setattr(p, "_fast_loads", fast)
+        try:
+            m = p.decode_json(payload)
+        except ProtocolError as exc:
+            return ("error", str(exc))
+        return (m.seq, m.t0, m.fs, m.data.shape, m.data.tobytes(), m.non_finite)  # bytes: NaN equals NaN
+
+    with_orjson, without = decode(orjson.loads), decode(None)
+    if payload.startswith(b'{"seq":1,"t0":0,"fs":8000,"data":[[[['):  # refused by both, for different reasons
+        assert with_orjson[0] == without[0] == "error"
+    else:
+        assert with_orjson == without
