@@ -480,9 +480,10 @@ def _load_json(payload: bytes | bytearray | memoryview | str, what: str, fast: b
     """Parse a JSON payload with the standard library, or with ``fast`` orjson first when it is installed.
 
     ``fast`` is for data messages, the hot path of JSON devices. Anything orjson refuses is parsed again by the
-    standard library, so what is accepted (integers beyond 64 bits included) and every error message are the
-    standard library's. (orjson also accepts arrays nested up to 1024 deep where the standard library gives up
-    earlier; a data message nested like that is still refused, by the shape checks that follow.)
+    standard library, so what is accepted and the error messages are the standard library's, with two
+    differences in wording only: orjson reads an integer beyond 64 bits as a float (a ``seq`` like that is refused
+    either way), and it accepts arrays nested up to 1024 deep where the standard library gives up earlier (a data
+    message nested like that is refused by the shape checks that follow).
     """
     if fast and _fast_loads is not None:
         try:

@@ -424,7 +424,10 @@ def test_json_data_decodes_alike_with_and_without_orjson(payload: bytes, monkeyp
         return (m.seq, m.t0, m.fs, m.data.shape, m.data.tobytes(), m.non_finite)  # bytes: NaN equals NaN
 
     with_orjson, without = decode(orjson.loads), decode(None)
-    if payload.startswith(b'{"seq":1,"t0":0,"fs":8000,"data":[[[['):  # refused by both, for different reasons
+    # refused by both, in words that differ: arrays nested 2000 deep (the standard library gives up on the depth,
+    # orjson on the shape) and a seq beyond 64 bits (orjson reads it as a float)
+    differently_worded = b"[[[[" in payload or b"36893488147419103232" in payload
+    if differently_worded:
         assert with_orjson[0] == without[0] == "error"
     else:
         assert with_orjson == without
