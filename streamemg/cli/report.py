@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--excerpts", type=int, default=3, metavar="N", help="signal excerpts per stream (default 3)")
     p.add_argument("--excerpt-s", type=float, default=1.0, metavar="S", help="length of one excerpt (default 1 s)")
     p.add_argument("--max-streams", type=int, default=64, metavar="N", help="streams reported (default 64)")
+    p.add_argument(
+        "--max-signal-s", type=float, default=900.0, metavar="S",
+        help="seconds of each stream's signal read for its pictures (default 900; counts cover everything)",
+    )
     p.set_defaults(func=run)
 
 
@@ -33,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ModelError
     from ..ui.report import ReportSettings, build_report
 
-    settings = ReportSettings(excerpts=args.excerpts, excerpt_s=args.excerpt_s, max_streams=args.max_streams)
+    settings = ReportSettings(
+        excerpts=args.excerpts, excerpt_s=args.excerpt_s, max_streams=args.max_streams, max_signal_s=args.max_signal_s
+    )
     bundle = None
     try:
         from ..model import load_bundle

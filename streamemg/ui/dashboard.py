@@ -378,8 +378,8 @@ class Dashboard:
         nav = self.nav
         if self._reader is None and self.keys is not True:  # no keys: today's self-paging table
             return self.renderer.render(snapshot, height=height, page=self.page_index(), note=note, page_s=self.page_s)
-        order = [st.stream_id for st in visible_streams(snapshot, nav.active_filter)]
-        nav.sync(order)
+        if nav.screen != "stream":  # a stream view stays on its stream, even one that left (it says so)
+            nav.sync([st.stream_id for st in visible_streams(snapshot, nav.active_filter)])
         if nav.screen == "stream" and nav.selected is not None:
             detail = self._detail(snapshot, nav.selected)
             return StreamView(detail, self._inspect(detail), trained=snapshot.trained, note=note, height=height)

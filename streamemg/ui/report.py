@@ -73,6 +73,8 @@ class ReportSettings:
         spectrogram_fmax_hz: top of the spectrogram's frequency axis (capped at half the stream's rate).
         dpi: resolution of the pictures (50-300); width_in: their width in inches (4-20).
         max_streams: streams reported (the first ones by name); the session section says how many were left out.
+        max_signal_s: seconds of each stream's signal read for the spectrogram and excerpts (memory stays
+            bounded for long sessions; counts, gaps and estimates always cover the whole stream).
     """
 
     excerpts: int = 3
@@ -82,6 +84,7 @@ class ReportSettings:
     dpi: int = 96
     width_in: float = 11.0
     max_streams: int = 64
+    max_signal_s: float = 900.0
 
     def __post_init__(self) -> None:
         def bad(name: str, fix: str) -> ConfigError:
@@ -101,6 +104,8 @@ class ReportSettings:
             raise bad("width_in", "give inches from 4 to 20, e.g. 11")
         if not (isinstance(self.max_streams, int) and self.max_streams >= 1):
             raise bad("max_streams", "give a whole number >= 1, e.g. 64")
+        if not (isinstance(self.max_signal_s, (int, float)) and self.max_signal_s >= self.excerpt_s):
+            raise bad("max_signal_s", "give seconds of signal to read per stream, at least excerpt_s, e.g. 900")
 
 
 @dataclass(eq=False)
@@ -109,11 +114,15 @@ class StreamData:
 
     Attributes:
         info: the stream as last announced.
-        data: ``(n, C)`` float32 raw samples in µV at ``info.fs`` (every recorded chunk, in order).
-        timestamps: ``(n,)`` float64 source timestamps (s).
+        data: ``(n, C)`` float32 raw samples in µV at ``info.fs``, in order: every recorded sample, or the first
+            ones when the stream is longer than the report reads (see ``samples_total``).
+        timestamps: ``(n,)`` float64 source timestamps (s) of ``data``.
         estimates: the recorded estimates in order.
         seq_gaps: chunks missing according to the sender's sequence numbers (0 without sequence numbers).
         recorder_lost_samples: samples the recorder itself documented as lost (gap records).
+        samples_total, span_s, time_gaps, time_gap_s: counted over the whole stream while reading (None: count
+            them from ``data``): samples, first-to-last timestamp (s), timestamp jumps over 3 sample periods and
+            the time they skip (s).
     """
 
     info: StreamInfo
@@ -122,6 +131,15 @@ class StreamData:
     estimates: list[Estimate] = field(default_factory=list)
     seq_gaps: int = 0
     recorder_lost_samples: int = 0
+    samples_total: int | None = None
+    span_s: float | None = None
+    time_gaps: int | None = None
+    time_gap_s: float | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Only the first part of the signal was read (the pictures of the signal cover that part)."""
+        return self.samples_total is not None and self.samples_total > self.data.shape[0]
 
 
 @dataclass(eq=False)
@@ -138,8 +156,14 @@ class Recording:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def load_recording(path: str | Path, max_streams: int | None = None) -> Recording:
+def load_recording(path: str | Path, max_streams: int | None = None, max_signal_s: float | None = None) -> Recording:
     """Read a recording directory (or its ``recording.semg``) into memory, stream by stream.
+
+    Args:
+        path: the recording.
+        max_streams: read the first streams by name only.
+        max_signal_s: keep at most this many seconds of each stream's samples (the counts, gaps and estimates
+            always cover the whole stream); None = all.
 
     Raises:
         DataFormatError: ``path`` is not a streamemg recording.
@@ -163,6 +187,13 @@ def load_recording(path: str | Path, max_streams: int | None = None) -> Recordin
     stamps: dict[str, list[np.ndarray]] = {sid: [] for sid in ids}
     seq_gaps: Counter[str] = Counter()
     last_seq: dict[str, int] = {}
+    kept: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    first_ts: dict[str, float] = {}
+    last_ts: dict[str, float] = {}
+    t_gaps: Counter[str] = Counter()
+    t_gap_s: dict[str, float] = {}
+    cap = {sid: (math.inf if max_signal_s is None else max_signal_s * infos[sid][-1].fs) for sid in ids}
     for rc in reader.chunks():
         ch = rc.chunk
         sid = ch.stream_id
@@ -171,8 +202,23 @@ def load_recording(path: str | Path, max_streams: int | None = None) -> Recordin
         if chunks[sid] and ch.data.shape[1] != chunks[sid][-1].shape[1]:
             chunks[sid].clear()  # the channel count changed: report the newest segment
             stamps[sid].clear()
-        chunks[sid].append(ch.data)
-        stamps[sid].append(ch.timestamps)
+            kept[sid] = 0
+        if kept[sid] < cap[sid]:
+            chunks[sid].append(ch.data)
+            stamps[sid].append(ch.timestamps)
+            kept[sid] += ch.n_samples
+        total[sid] += ch.n_samples
+        ts = np.asarray(ch.timestamps, dtype=np.float64)
+        if ts.size:
+            fs = infos[sid][-1].fs
+            prev = last_ts.get(sid)
+            steps = np.diff(ts) if prev is None else np.diff(ts, prepend=prev)
+            jumps = steps > 3.0 / fs
+            if jumps.any():
+                t_gaps[sid] += int(np.count_nonzero(jumps))
+                t_gap_s[sid] = t_gap_s.get(sid, 0.0) + float(np.sum(steps[jumps] - 1.0 / fs))
+            first_ts.setdefault(sid, float(ts[0]))
+            last_ts[sid] = float(ts[-1])
         if ch.seq is not None:
             prev = last_seq.get(sid)
             if prev is not None and ch.seq > prev + 1:
@@ -190,6 +236,10 @@ def load_recording(path: str | Path, max_streams: int | None = None) -> Recordin
             estimates=estimates.get(sid, []),
             seq_gaps=int(seq_gaps[sid]),
             recorder_lost_samples=int(lost[sid]),
+            samples_total=int(total[sid]),
+            span_s=last_ts[sid] - first_ts[sid] if sid in first_ts else 0.0,
+            time_gaps=int(t_gaps[sid]),
+            time_gap_s=float(t_gap_s.get(sid, 0.0)),
         )
     return Recording(
         path=Path(path),
@@ -262,7 +312,7 @@ def stream_summary(s: StreamData) -> dict[str, Any]:
     skip), ``recorder_lost_samples``, ``latency_p50_ms`` / ``latency_p99_ms``, ``trained``.
     """
     info = s.info
-    n = int(s.data.shape[0])
+    n = int(s.data.shape[0]) if s.samples_total is None else s.samples_total
     ests = s.estimates
     labels: Counter[str] = Counter()
     flags: Counter[str] = Counter()
@@ -285,15 +335,18 @@ def stream_summary(s: StreamData) -> dict[str, Any]:
         confidence = float(finite_cum[estimate])
     ts = s.timestamps
     gaps, gap_s = 0, 0.0
-    if ts.size > 1 and info.fs > 0:
+    if s.time_gaps is not None:
+        gaps, gap_s = s.time_gaps, float(s.time_gap_s or 0.0)
+    elif ts.size > 1 and info.fs > 0:
         dt = np.diff(ts)
         jumps = dt > 3.0 / info.fs
         gaps = int(np.count_nonzero(jumps))
         gap_s = float(np.sum(dt[jumps] - 1.0 / info.fs)) if gaps else 0.0
+    span = s.span_s if s.span_s is not None else (float(ts[-1] - ts[0]) if ts.size > 1 else 0.0)
     lat = _finite([e.latency_ms for e in ests])
     return {
         "duration_s": n / info.fs if info.fs > 0 else float("nan"),
-        "span_s": float(ts[-1] - ts[0]) if ts.size > 1 else 0.0,
+        "span_s": span,
         "samples": n,
         "windows": len(ests),
         "labels": {k: v / len(ests) for k, v in labels.most_common()} if ests else {},
@@ -645,6 +698,9 @@ def _stream_section(s: StreamData, summ: dict[str, Any], figs: dict[str, str | N
         ("gaps", gaps),
         ("decision latency", f"p50 {_fmt(summ['latency_p50_ms'])} ms · p99 {_fmt(summ['latency_p99_ms'])} ms"),
     ]  # fmt: skip
+    if s.truncated:
+        rows.append(("pictures", f"the spectrogram and excerpts cover the first {s.data.shape[0] / info.fs:.0f} s "
+                                 "(raise --max-signal-s to read more)"))  # fmt: skip
     table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     pics = []
     for key, title, alt in (
@@ -807,7 +863,7 @@ def build_report(
     settings = settings or ReportSettings()
     p = Path(path)
     with recording_of(p, bundle) as rec_path:
-        recording = load_recording(rec_path, max_streams=settings.max_streams)
+        recording = load_recording(rec_path, max_streams=settings.max_streams, max_signal_s=settings.max_signal_s)
         recording = dataclasses.replace(recording, path=p)
         document = render_report(recording, bundle, settings)
     if out is None:

@@ -122,6 +122,25 @@ def test_report_numbers_match_the_recording(recording: Path, report: tuple[Path,
         assert f"{label} {last.cumulative[k] * 100:.0f}%</span> <span class=\"muted\">(mean of the usable" in section
 
 
+def test_long_sessions_are_read_with_bounded_memory(recording: Path, report: tuple[Path, str], tmp_path: Path) -> None:
+    """Only the first seconds of each stream are kept for the pictures; counts and estimates cover everything."""
+    from streamemg.ui.report import load_recording
+
+    rec = load_recording(recording, max_signal_s=3.0)
+    full = load_recording(recording)
+    for sid, s in rec.streams.items():
+        assert s.truncated and s.data.shape[0] <= int(3.0 * s.info.fs) + 2500  # at most one chunk beyond
+        assert s.samples_total == full.streams[sid].data.shape[0]
+        assert stream_summary(s) | {"labels": None} == stream_summary(full.streams[sid]) | {"labels": None}
+    out = tmp_path / "short.html"
+    assert main(["report", str(recording), "--out", str(out), "--max-signal-s", "3"]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert html.count("cover the first 3 s") == 2
+    _, full_html = report
+    for n in re.findall(r"s of samples \(([\d,]+)\)", full_html):
+        assert f"({n})" in html  # the same sample counts
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_chromium_renders_the_report(report: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = report
