@@ -339,6 +339,10 @@ class _Fatal(Exception):
 
 _END = object()
 
+#: the poll interval is at least this many times the time one pass took (adaptive polling)
+_POLL_DUTY = 4.0
+#: ... and at most this long (s), whatever a pass took
+_MAX_POLL_S = 0.025
 #: a stream found but not open after this long (s) is shown as connecting
 _CONNECTING_AFTER_S = 1.0
 #: a restarted loop that has run this long (s) starts its backoff from the beginning again
@@ -869,6 +873,7 @@ class LSLSource:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
+            started = loop.time()
             batch = [
                 (st, st.inlet, st.plan, st.reader)
                 for st in self._streams.values()
@@ -900,7 +905,11 @@ class LSLSource:
                 for stream, error in lost:
                     kind = "outlet closed" if isinstance(error, self._lost_error) else f"inlet failed ({error})"
                     await self._lose(stream, kind)
-            deadline += s.poll_s
+            # Adaptive interval: a pass (pull every inlet + hand the chunks over) may use at most 1/_POLL_DUTY of
+            # it, so with hundreds of inlets the source polls less often and pulls larger chunks instead of
+            # spending the loop's core on empty pulls; with a few inlets it polls every poll_s.
+            busy = loop.time() - started
+            deadline += max(s.poll_s, min(_MAX_POLL_S, _POLL_DUTY * busy))
             delay = deadline - loop.time()
             if delay < 0:  # fell behind (busy machine): do not try to catch up with a burst of polls
                 deadline = loop.time()
