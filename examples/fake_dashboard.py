@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from streamemg.clock import monotonic
+from streamemg.estimates import HistoryView
 from streamemg.types import CLASS_NAMES, Estimate, StreamStatus
 from streamemg.ui.dashboard import Dashboard
 from streamemg.ui.snapshot import PipelineSnapshot, StreamDetail, StreamSnapshot
@@ -175,7 +176,7 @@ class FakePipeline:
             trace=trace,
             trace_fs=_TRACE_FS,
             window=trace[-int(_TRACE_FS) :],
-            history=tuple(self.history[i]),
+            history=HistoryView.from_estimates(tuple(self.history[i])),
             reconnects=1 if self._kind(i) == "reconnecting" and t >= 2.0 else 0,
         )
 

@@ -10,6 +10,8 @@ Three small pieces sit between the model's per-channel window probabilities and 
   distribution (normalised geometric mean).
 * :class:`RollingEstimator` smooths the fused window probabilities over stream time (exponential,
   time constant ``tau_s``) and keeps the recording-level mean over all usable windows.
+* :class:`EstimateHistory` keeps a stream's recent estimates compactly (a ring of numbers, not objects) for
+  the dashboard's stream view.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from .errors import ConfigError
 from .types import CLASS_NAMES, N_CLASSES
 
 __all__ = [
+    "QUALITY_CODES",
     "QUALITY_REASONS",
+    "EstimateHistory",
     "EstimateSettings",
+    "HistoryView",
     "QualitySettings",
     "RollingEstimator",
     "assess_quality",
@@ -37,6 +42,9 @@ __all__ = [
 
 #: Per-channel quality flags, in the order the checks run (the first failing check names the channel).
 QUALITY_REASONS: tuple[str, ...] = ("ok", "nan", "flat", "clipping", "low_activity")
+#: Small-integer codes of the quality flags in :class:`EstimateHistory` (0 = ok; a lower non-zero code is a
+#: worse reason, in the order the checks run; "no usable channel" and any other reason come last).
+QUALITY_CODES: dict[str, int] = {q: i for i, q in enumerate((*QUALITY_REASONS, "no usable channel", "other"))}
 
 
 def _is_number(value: Any) -> bool:
@@ -426,3 +434,112 @@ class RollingEstimator:
         self.n_valid = 0
         self.n_invalid = 0
         self._t_last = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimate history (for the stream view)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HistoryView:
+    """A stream's recent estimates, oldest first, as arrays (a copy: safe to read while the stream goes on).
+
+    Attributes:
+        times: ``(n,)`` stream time of each window's newest sample (s).
+        window: ``(n, K)`` each window's fused probabilities (NaN when withheld).
+        rolling: ``(n, K)`` the rolling probabilities after each window (NaN before the first usable one).
+        quality: ``(n,)`` int8 code of each estimate's quality (:data:`QUALITY_CODES`; 0 = ok).
+        channel_flag: ``(n,)`` int8 code of the worst flag among the window's channels (0 = every channel ok).
+    """
+
+    times: np.ndarray
+    window: np.ndarray
+    rolling: np.ndarray
+    quality: np.ndarray
+    channel_flag: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.times.shape[0])
+
+    @staticmethod
+    def flag_name(code: int) -> str:
+        """The quality flag of a code."""
+        return _CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else "other"
+
+    @classmethod
+    def from_estimates(cls, estimates: Sequence[Any], n_classes: int = N_CLASSES) -> HistoryView:
+        """From :class:`~streamemg.types.Estimate` objects (tests, made-up data)."""
+        hist = EstimateHistory(max(1, len(estimates)), n_classes)
+        for e in estimates:
+            hist.append(e.time, e.probabilities, e.rolling, e.quality, e.channel_quality)
+        return hist.view()
+
+
+_CODE_NAMES: tuple[str, ...] = tuple(QUALITY_CODES)
+
+
+def quality_code(flag: str) -> int:
+    """The :data:`QUALITY_CODES` code of a flag (unknown reasons: ``"other"``)."""
+    return QUALITY_CODES.get(flag, QUALITY_CODES["other"])
+
+
+class EstimateHistory:
+    """The last ``capacity`` estimates of one stream as preallocated arrays (about 40 bytes per estimate).
+
+    Kept per stream by the pipeline for the stream view; one :meth:`append` per decision writes a few numbers
+    into the ring (no object is retained), :meth:`view` copies them out in time order for the one stream shown.
+
+    Args:
+        capacity: estimates kept (>= 1).
+        n_classes: K.
+    """
+
+    def __init__(self, capacity: int, n_classes: int = N_CLASSES) -> None:
+        if not (isinstance(capacity, (int, np.integer)) and not isinstance(capacity, bool) and capacity >= 1):
+            raise ConfigError(f"EstimateHistory capacity={capacity!r}: give a whole number of estimates >= 1")
+        self.capacity = int(capacity)
+        self.n_classes = int(n_classes)
+        self._t = np.full(self.capacity, np.nan)
+        self._window = np.full((self.capacity, self.n_classes), np.nan, dtype=np.float32)
+        self._rolling = np.full((self.capacity, self.n_classes), np.nan, dtype=np.float32)
+        self._quality = np.zeros(self.capacity, dtype=np.int8)
+        self._channel = np.zeros(self.capacity, dtype=np.int8)
+        self.count = 0  # estimates appended so far
+
+    def append(
+        self,
+        t: float,
+        window: Sequence[float] | np.ndarray,
+        rolling: Sequence[float] | np.ndarray,
+        quality: str,
+        channel_quality: Sequence[str] = (),
+    ) -> None:
+        """Record one estimate: its time (s), window and rolling probabilities ``(K,)`` and quality flags."""
+        i = self.count % self.capacity
+        self._t[i] = t
+        self._window[i] = window
+        self._rolling[i] = rolling
+        self._quality[i] = 0 if quality == "ok" else quality_code(quality)
+        worst = 0
+        for q in channel_quality:
+            if q != "ok":
+                code = quality_code(q)
+                worst = code if worst == 0 else min(worst, code)
+        self._channel[i] = worst
+        self.count += 1
+
+    def __len__(self) -> int:
+        return min(self.count, self.capacity)
+
+    def view(self) -> HistoryView:
+        """The kept estimates, oldest first (copies)."""
+        n = len(self)
+        start = self.count % self.capacity if self.count > self.capacity else 0
+        order = (start + np.arange(n)) % self.capacity
+        return HistoryView(
+            times=self._t[order],
+            window=self._window[order],
+            rolling=self._rolling[order],
+            quality=self._quality[order],
+            channel_flag=self._channel[order],
+        )

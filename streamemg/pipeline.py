@@ -41,6 +41,7 @@ from .errors import (
     StreamRateError,
 )
 from .estimates import (
+    EstimateHistory,
     EstimateSettings,
     QualitySettings,
     RollingEstimator,
@@ -93,7 +94,8 @@ class PipelineSettings:
         trace_s: seconds of the filtered model-rate signal held per stream for the dashboard's stream view
             (the window buffer is enlarged to hold them; at the default it already does, so it costs nothing).
         history: estimates kept per stream for the stream view's probability and quality history (1200 at the
-            default 0.25 s hop = the last 5 minutes); a bounded deque of references, one append per decision.
+            default 0.25 s hop = the last 5 minutes): a ring of numbers (about 40 bytes per estimate, 48 KB per
+            stream at the default), a few array writes per decision.
         quality, estimates: the quality gate and the rolling estimate settings.
         sink: queueing policy of every sink.
         qemg: quantitative MUAP analysis per stream (``qemg.enabled=False`` turns it off; estimates then
@@ -194,7 +196,7 @@ class StreamState:
         self.last_seq: int | None = None
         self.last_data_at = clock()
         self.last_estimate: Estimate | None = None
-        self.history: collections.deque[Estimate] = collections.deque(maxlen=settings.history)
+        self.history = EstimateHistory(settings.history, len(cfg.classes))
         self.reconnects = 0
         self.windows = 0
         self.dropped_samples = 0
@@ -383,7 +385,7 @@ class StreamState:
             channel_quality=window.quality,
         )
         self.last_estimate = est
-        self.history.append(est)
+        self.history.append(window.t_end, fused, rolling, quality, window.quality)
         return est
 
     def latency_percentiles(self) -> tuple[float, float]:
@@ -418,7 +420,7 @@ class StreamState:
             trace=trace,
             trace_fs=self.model_fs,
             window=window,
-            history=tuple(self.history),
+            history=self.history.view(),
             reconnects=self.reconnects,
             qemg=self.qemg.summary() if self.qemg is not None else None,
         )

@@ -310,3 +310,30 @@ def test_fast_path_gives_the_general_paths_flags() -> None:
         assert assess_quality(raw, QS) == want, (trial, kind, n, c)
         seen.update(want)
     assert seen == {"ok", "flat", "clipping", "low_activity"}
+
+
+# ---------------------------------------------------------------------------------------------- history
+
+
+def test_estimate_history_is_a_bounded_ring_in_time_order() -> None:
+    from streamemg.estimates import QUALITY_CODES, EstimateHistory, HistoryView
+
+    h = EstimateHistory(4)
+    assert len(h.view()) == 0
+    for i in range(6):
+        q = "clipping" if i == 4 else "ok"
+        channels = ("ok", "flat", "nan") if i == 5 else ("ok", "ok", "ok")
+        h.append(0.25 * i, (0.1, 0.2, 0.7), (0.2, 0.3, i / 10), q, channels)
+    v = h.view()
+    assert len(v) == 4 and len(h) == 4 and h.count == 6
+    np.testing.assert_array_equal(v.times, [0.5, 0.75, 1.0, 1.25])  # the oldest two were overwritten
+    np.testing.assert_allclose(v.rolling[:, 2], [0.2, 0.3, 0.4, 0.5], rtol=1e-6)
+    assert v.quality.tolist() == [0, 0, QUALITY_CODES["clipping"], 0]
+    assert v.channel_flag.tolist() == [0, 0, 0, QUALITY_CODES["nan"]]  # the worst channel flag: nan before flat
+    assert HistoryView.flag_name(QUALITY_CODES["low_activity"]) == "low_activity"
+    v.times[:] = 0  # a view is a copy
+    assert h.view().times[0] == 0.5
+    nbytes = sum(a.nbytes for a in (h._t, h._window, h._rolling, h._quality, h._channel))
+    assert nbytes / h.capacity <= 40  # compact: no object kept per estimate
+    with pytest.raises(ConfigError, match="capacity"):
+        EstimateHistory(0)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..estimates import HistoryView
 from ..types import Estimate, StreamStatus
 
 
@@ -80,7 +81,8 @@ class StreamDetail:
             ending with the newest classified window; may hold fewer samples early on (``n`` may be 0).
         trace_fs: sampling rate of ``trace`` (Hz).
         window: ``(window_samples, C)`` the newest classified window (the tail of ``trace``), or None before one.
-        history: the most recent estimates, oldest first (bounded by the pipeline's ``history`` setting).
+        history: the most recent estimates, oldest first, as arrays (bounded by the pipeline's ``history``
+            setting); None before any.
         reconnects: how many times the transport lost the stream and started reconnecting.
         qemg: the stream's current quantitative MUAP analysis (a ``streamemg.qemg.QemgSummary``: units with
             their templates and measures), or None when QEMG is off.
@@ -93,6 +95,6 @@ class StreamDetail:
     trace: np.ndarray
     trace_fs: float
     window: np.ndarray | None = None
-    history: tuple[Estimate, ...] = ()
+    history: HistoryView | None = None
     reconnects: int = 0
     qemg: Any = None

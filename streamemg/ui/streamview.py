@@ -28,7 +28,8 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from ..types import CLASS_NAMES, Estimate
+from ..estimates import HistoryView
+from ..types import CLASS_NAMES
 from .format import (
     BLOCKS,
     CLASS_STYLES,
@@ -364,27 +365,30 @@ def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) 
 
 
 def _history(d: StreamDetail, w: int, height: int, untrained: bool) -> list[Text]:
-    hist = [e for e in d.history if math.isfinite(e.time)]
+    h = d.history
+    keep = np.isfinite(h.times) if h is not None else np.zeros(0, dtype=bool)
     title = [("estimate history", _S_TITLE), (" (rolling)", S_DIM)]
     for c in CLASS_NAMES:
         title += [("  ━ ", S_GREY if untrained else CLASS_STYLES.get(c, DEFAULT_CLASS_STYLE)), (c, S_DIM)]
-    flags = sorted({q for e in hist for q in (e.quality, *e.channel_quality) if q != "ok"}, key=_rank)
+    codes = np.zeros(0, dtype=np.int64)
+    if h is not None:
+        codes = np.where(h.quality != 0, h.quality, h.channel_flag).astype(np.int64)[keep]
     title += [("  │ quality ", S_DIM), ("▁", S_OK), (" ok", S_DIM)]  # the strip under the chart
-    for q in flags:
+    for code in sorted({int(c) for c in codes if c}):
+        q = HistoryView.flag_name(code)
         title += [("  █", QUALITY_STYLES.get(q, S_BAD)), (" " + q.replace("_", " "), S_DIM)]
     out = [Text.assemble(*title, no_wrap=True, overflow="ellipsis")]
     plot_w = max(8, w - 6)
-    if len(hist) < 2:
+    if h is None or int(keep.sum()) < 2:
         out.append(Text("  (builds up as windows are classified)", style=S_DIM))
         out += [Text("")] * (height + 1)
         return out
-    t = np.array([e.time for e in hist])
-    t_end = float(t[-1])
-    t0 = float(t[0])
+    t = h.times[keep]
+    t0, t_end = float(t[0]), float(t[-1])
     span = max(t_end - t0, 1e-9)
     cols = 2 * plot_w
     col_t = t0 + np.arange(cols) * (span / (cols - 1))
-    rolling = np.array([e.rolling for e in hist], dtype=np.float64)  # (n, K)
+    rolling = h.rolling[keep].astype(np.float64)  # (n, K)
     grids = []
     for k in range(min(len(CLASS_NAMES), rolling.shape[1])):
         ok = np.isfinite(rolling[:, k])
@@ -415,41 +419,32 @@ def _history(d: StreamDetail, w: int, height: int, untrained: bool) -> list[Text
         if run:
             line.append(run, run_style)
         out.append(line)
-    out.append(_quality_strip(hist, t, t0, span, plot_w))
+    out.append(_quality_strip(codes, t, t0, span, plot_w))
     ticks = [(0.0, _fmt_ago(span)), (0.5, _fmt_ago(span / 2)), (1.0, "now")]
     out.append(_axis_line(plot_w, ticks, offset=6))
     return out
 
 
-_QUALITY_ORDER = ("nan", "flat", "clipping", "low_activity")
-
-
-def _quality_strip(hist: Sequence[Estimate], t: np.ndarray, t0: float, span: float, w: int) -> Text:
-    """One cell per time bin: ``▁`` green when every window was usable, else the worst flag's colour."""
+def _quality_strip(codes: np.ndarray, t: np.ndarray, t0: float, span: float, w: int) -> Text:
+    """One cell per time bin: ``▁`` green when every window was usable, else the colour of the worst flag
+    (the lowest non-zero :data:`~streamemg.estimates.QUALITY_CODES` code); an empty bin shows the one before."""
     col = np.clip(((t - t0) / span * (w - 1)).round().astype(np.int64), 0, w - 1)
-    worst = ["" for _ in range(w)]
-    for c, e in zip(col.tolist(), hist, strict=True):
-        q = e.quality if e.quality != "ok" else next((x for x in e.channel_quality if x != "ok"), "ok")
-        if q != "ok" and (worst[c] in ("", "ok") or _rank(q) < _rank(worst[c])):
-            worst[c] = q
-        elif not worst[c]:
-            worst[c] = "ok"
-    for c in range(1, w):  # a bin between two estimates shows the one before it
-        if not worst[c]:
-            worst[c] = worst[c - 1]
+    empty, ok = 127, 126
+    worst = np.full(w, empty, dtype=np.int64)
+    np.minimum.at(worst, col, np.where(codes == 0, ok, codes))
     line = Text.assemble((fit("qual", 5, "right"), _S_AXIS), ("│", _S_AXIS))
-    for q in worst:
-        if not q:
+    prev = empty
+    for code in worst.tolist():
+        if code == empty:
+            code = prev
+        prev = code
+        if code == empty:
             line.append(" ")
-        elif q == "ok":
+        elif code == ok:
             line.append("▁", S_OK)
         else:
-            line.append("█", QUALITY_STYLES.get(q, S_BAD))
+            line.append("█", QUALITY_STYLES.get(HistoryView.flag_name(code), S_BAD))
     return line
-
-
-def _rank(q: str) -> int:
-    return _QUALITY_ORDER.index(q) if q in _QUALITY_ORDER else len(_QUALITY_ORDER)
 
 
 # ----------------------------------------------------------------------------------------------- QEMG

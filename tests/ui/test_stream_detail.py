@@ -42,7 +42,12 @@ def test_stream_detail_holds_the_filtered_trace_history_and_reconnects() -> None
     d = pipeline.stream_detail("amp")
     assert d is not None
     assert len(got) >= 15
-    assert d.history == tuple(got[-10:])  # bounded, newest last
+    assert d.history is not None and len(d.history) == 10  # bounded, newest last
+    last = got[-10:]
+    np.testing.assert_array_equal(d.history.times, [e.time for e in last])
+    np.testing.assert_allclose(d.history.rolling, [e.rolling for e in last], rtol=1e-6)
+    np.testing.assert_allclose(d.history.window, [e.probabilities for e in last], rtol=1e-6)
+    assert not d.history.quality.any()  # all windows usable
     assert d.reconnects == 2
     assert d.channels == ("a", "b") and d.units == "uV" and d.trace_fs == bundle.config.fs
     cfg = bundle.config

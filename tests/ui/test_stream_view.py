@@ -14,6 +14,7 @@ import torch
 from rich.cells import cell_len
 from rich.console import Console
 
+from streamemg.estimates import HistoryView
 from streamemg.types import Estimate, StreamStatus
 from streamemg.ui.dashboard import Dashboard
 from streamemg.ui.keys import KeyReader, parse_keys
@@ -176,7 +177,7 @@ def make_detail(n_channels: int = 1, with_trace: bool = True) -> StreamDetail:
         trace=trace,
         trace_fs=4000.0,
         window=trace[-4000:] if with_trace else None,
-        history=hist,
+        history=HistoryView.from_estimates(hist),
         reconnects=2,
     )
 
@@ -221,13 +222,12 @@ def test_untrained_model_in_the_stream_view_is_never_a_diagnosis() -> None:
 
 def test_stream_view_shows_qemg_when_present() -> None:
     detail = make_detail()
-    hist = list(detail.history)
     import dataclasses
 
+    assert detail.stream.last is not None
     qemg = {"units": 3, "amplitude_uv": 412.5, "duration_ms": 11.2, "phases": 3.1, "firing_hz": None}
-    hist[-1] = dataclasses.replace(hist[-1], qemg=qemg)
-    row = dataclasses.replace(detail.stream, last=hist[-1])
-    detail = dataclasses.replace(detail, stream=row, history=tuple(hist))
+    row = dataclasses.replace(detail.stream, last=dataclasses.replace(detail.stream.last, qemg=qemg))
+    detail = dataclasses.replace(detail, stream=row)
     text = rendered(compose_stream_view(detail, None, width=160, height=50), 160)
     assert "QEMG" in text and "amplitude 412 µV" in text and "units 3" in text and "firing –" in text
 
