@@ -271,6 +271,11 @@ def recording_of(path: str | Path, bundle: ModelBundle | None = None) -> Iterato
     if is_recording(p):
         yield p
         return
+    if p.is_dir():
+        raise ConfigError(
+            f"report: {str(path)!r} is a directory without a recording (no recording.semg in it); give a "
+            "directory written by --output record:DIR"
+        )
     with tempfile.TemporaryDirectory(prefix="streamemg-report-") as tmp:
         out = Path(tmp) / "replay"
         _replay_into(p, out, bundle)
@@ -288,9 +293,9 @@ def _replay_into(path: Path, out: Path, bundle: ModelBundle | None) -> None:
         source = open_source(f"file:{path}?speed=max")
         pipeline = Pipeline([source], [open_sink(f"record:{out}")], bundle=bundle)
         await pipeline.run()
-        if not (out / "recording.semg").is_file():
+        if not pipeline.streams or not (out / "recording.semg").is_file():
             why = pipeline.errors[-1] if pipeline.errors else "no stream came out of it"
-            raise DataFormatError(f"report: replaying {path} gave no recording: {why}")
+            raise DataFormatError(f"report: {path} could not be replayed, so there is nothing to report: {why}")
 
     asyncio.run(run())
 

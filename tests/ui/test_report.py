@@ -203,6 +203,16 @@ def test_bad_input_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "no-such-session" in err and "does not exist" in err and "record:DIR" in err
     with pytest.raises(ConfigError, match="excerpts"):
         ReportSettings(excerpts=20)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "directory without a recording" in capsys.readouterr().err
+    text = tmp_path / "notes.txt"
+    text.write_text("not EMG")
+    assert main(["report", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "could not be replayed" in err and "notes.txt" in err
+    assert not (tmp_path / "notes.report.html").exists()
 
 
 @pytest.mark.data
