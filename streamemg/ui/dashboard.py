@@ -429,22 +429,24 @@ class Dashboard:
             if self._inspection is None or self._inspection[0] != key:
                 quality = last.channel_quality
                 ch = next((i for i, q in enumerate(quality) if q == "ok"), 0) if quality else 0
-                window = np.array(detail.window[:, min(ch, detail.window.shape[1] - 1)], dtype=np.float32)
+                ch = min(ch, detail.window.shape[1] - 1)
+                window = np.array(detail.window[:, ch], dtype=np.float32)
+                label = detail.channels[ch] if ch < len(detail.channels) else f"ch{ch + 1}"
                 if self._inspect_pool is None:
                     self._inspect_pool = concurrent.futures.ThreadPoolExecutor(
                         max_workers=1, thread_name_prefix="streamemg-inspect", initializer=_one_torch_thread
                     )
-                self._inspecting = (key, self._inspect_pool.submit(self._run_inspector, window))
+                self._inspecting = (key, self._inspect_pool.submit(self._run_inspector, window, label))
         done = self._inspection
         return done[1] if done is not None and done[0][0] == stream_id else None
 
-    def _run_inspector(self, window: np.ndarray) -> Inspection:
+    def _run_inspector(self, window: np.ndarray, channel: str) -> Inspection:
         if self._inspector is None:
             from .inspect import WindowInspector
 
             assert self.bundle is not None
             self._inspector = WindowInspector(self.bundle)
-        return self._inspector.inspect(window)
+        return self._inspector.inspect(window, channel)
 
     def _prune_costs(self, now: float) -> None:
         limit = now - self.cost_window_s

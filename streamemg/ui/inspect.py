@@ -33,6 +33,7 @@ class Inspection:
             covers ``N / N'`` input frames. None for a model without attention pooling.
         probabilities: ``(K,)`` the model's class probabilities for this channel and window.
         window_s: window length (s).
+        channel: label of the channel inspected ("" when not known).
     """
 
     spectrogram: np.ndarray
@@ -41,6 +42,7 @@ class Inspection:
     attention: np.ndarray | None
     probabilities: np.ndarray
     window_s: float
+    channel: str = ""
 
 
 class WindowInspector:
@@ -64,12 +66,13 @@ class WindowInspector:
     def _keep_scores(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self._scores = output.detach()
 
-    def inspect(self, window: np.ndarray) -> Inspection:
+    def inspect(self, window: np.ndarray, channel: str = "") -> Inspection:
         """The model's view of ``window``.
 
         Args:
             window: ``(T,)`` float µV at the model rate, one channel (``T`` = the model's window length or
                 more; longer input gives more frames).
+            channel: its label, kept in the result for the display.
 
         Returns:
             An :class:`Inspection`.
@@ -97,4 +100,5 @@ class WindowInspector:
             attention=attention,
             probabilities=probs.double().numpy(),
             window_s=x.shape[0] / settings.fs,
+            channel=channel,
         )

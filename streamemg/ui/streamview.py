@@ -323,7 +323,11 @@ def _bottom(
 def _spectrogram(ins: Inspection | None, w: int, height: int, has_window: bool) -> list[Text | list[Segment]]:
     plot_w = w - _LABEL_W - 1
     out: list[Text | list[Segment]] = [
-        Text.assemble(("spectrogram", _S_TITLE), (" newest window, ln µV²/Hz", S_DIM), no_wrap=True)
+        Text.assemble(
+            ("spectrogram", _S_TITLE),
+            (f" newest window{', ' + ins.channel if ins is not None and ins.channel else ''}, ln µV²/Hz", S_DIM),
+            no_wrap=True,
+        )
     ]
     if ins is None:
         why = "no model was given to the display" if has_window else "shown once a window is classified"

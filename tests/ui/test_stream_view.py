@@ -326,3 +326,31 @@ async def test_driver_keys_switch_screens_and_q_quits() -> None:
         await asyncio.sleep(0)
     assert quits == [True]
     assert dash.nav.screen == "table" and dash.nav.filter == ""
+
+
+async def test_the_model_view_is_computed_off_the_event_loop_and_shown() -> None:
+    import threading
+
+    from streamemg.model import load_bundle
+
+    detail = make_detail(n_channels=2)
+    snap = PipelineSnapshot("cpu", "m", True, 1.0, (detail.stream,))
+    out = io.StringIO()
+    console = Console(width=160, height=50, file=out, force_terminal=True)
+    dash = Dashboard(lambda: snap, refresh_hz=20.0, console=console, detail_fn=lambda sid: detail,
+                     bundle=load_bundle(None), keys=True)  # fmt: skip
+    loop_thread = threading.get_ident()
+    async with dash:
+        dash.on_key("enter")
+        assert dash.nav.screen == "stream"
+        for _ in range(200):  # the first frames show the view without it; it appears when the worker is done
+            if dash._inspection is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert dash._inspection is not None, "the model's view never arrived"
+        await asyncio.sleep(0.2)  # a frame or two with it
+        inspector_thread = dash._inspect_pool._threads  # type: ignore[union-attr]
+    view = dash._inspection[1]
+    assert view.channel == "ch1" and view.attention is not None
+    assert all(t.ident != loop_thread for t in inspector_thread)
+    assert "newest window, ch1, ln µV²/Hz" in out.getvalue() and "attention" in out.getvalue()
