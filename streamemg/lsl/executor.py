@@ -24,7 +24,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -256,6 +256,13 @@ class ChannelPlan:
     assumed_uv: tuple[str, ...]
     n_stream_channels: int
     types: tuple[str, ...] = ()
+    # derived once (apply runs for every chunk): keep every channel in order / any factor other than 1
+    _keeps_all: bool = field(init=False, repr=False, compare=False, default=False)
+    _scaling: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keeps_all", self.indices == tuple(range(self.n_stream_channels)))
+        object.__setattr__(self, "_scaling", bool(np.any(np.asarray(self.scales) != 1.0)))
 
     @property
     def assumed_signal_uv(self) -> tuple[str, ...]:
@@ -271,20 +278,20 @@ class ChannelPlan:
     @property
     def keeps_all(self) -> bool:
         """True when every stream channel is kept, in order."""
-        return self.indices == tuple(range(self.n_stream_channels))
+        return self._keeps_all
 
     @property
     def unit_scaling(self) -> bool:
         """True when at least one kept channel needs a factor other than 1."""
-        return bool(np.any(self.scales != 1.0))
+        return self._scaling
 
     def apply(self, samples: np.ndarray) -> FloatArray:
         """Select and scale: ``(n, n_stream_channels)`` any numeric dtype -> new ``(n, n_channels)`` float32 µV."""
-        if self.keeps_all:
+        if self._keeps_all:
             out = np.array(samples, dtype=np.float32, copy=True, order="C")
         else:
             out = np.ascontiguousarray(samples[:, list(self.indices)], dtype=np.float32)
-        if self.unit_scaling:
+        if self._scaling:
             out *= self.scales
         return out
 
