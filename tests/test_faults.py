@@ -505,3 +505,27 @@ def test_a_run_whose_sources_ended_normally_exits_0(tmp_path: Path, capsys: pyte
     out = capsys.readouterr()
     assert code == 0, out.err
     assert out.out.count("\n") >= 9  # one JSON line per estimate
+
+
+async def test_streams_found_but_not_open_are_shown_connecting_until_announced(bundle) -> None:
+    gate = asyncio.Event()
+    seen: list[tuple[tuple[str, str], ...]] = []
+
+    async def items() -> AsyncIterator[Any]:
+        yield StatusEvent("slow", StreamStatus.CONNECTING, "opening its inlet")
+        await gate.wait()
+        yield StreamInfo("slow", "slow", FS, ("ch1",))
+        for k in range(8):
+            yield Chunk("slow", GOOD[k * 400 : (k + 1) * 400], np.arange(k * 400, (k + 1) * 400) / FS, k)
+
+    p = Pipeline([MemorySource(items(), uri="memory:slow")], [], bundle=bundle, engine_settings=ENGINE)
+    task = asyncio.create_task(p.run())
+    for _ in range(200):
+        if p.snapshot().connecting:
+            break
+        await asyncio.sleep(0.01)
+    seen.append(p.snapshot().connecting)
+    gate.set()
+    await asyncio.wait_for(task, 30)
+    assert seen == [(("slow", "opening its inlet"),)]
+    assert p.snapshot().connecting == () and "slow" in p.streams

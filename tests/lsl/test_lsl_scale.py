@@ -104,3 +104,34 @@ async def test_killing_the_resolver_mid_run_restarts_it_while_the_streams_go_on(
         await asyncio.wait_for(task, 30.0)
     assert pipe.failed_sources == {}
     assert source.restarts["resolver"] == 1
+
+
+async def test_a_stream_that_cannot_be_opened_yet_is_said_once_shown_connecting_and_retried(
+    pylsl: Any, amps: Any, uniq: str, take: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamemg.types import Chunk, StatusEvent, StreamInfo, StreamStatus
+
+    await amps.start(name=uniq, fs=8000.0)
+    uri = f"lsl:name={uniq}"
+    source = LSLSource(uri, parse_uri(uri))
+    real_open = source._open_blocking
+    attempts: list[float] = []
+
+    def flaky_open(info: Any) -> Any:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 2:  # the first two attempts fail as a stream that does not answer would
+            raise RuntimeError("liblsl: the outlet did not answer")
+        return real_open(info)
+
+    monkeypatch.setattr(source, "_open_blocking", flaky_open)
+    with caplog.at_level("WARNING", logger="streamemg.lsl.source"):
+        async with source:
+            items = await take(source, lambda its: any(isinstance(i, Chunk) for i in its), 20.0)
+    said = [r for r in caplog.records if "could not open LSL stream" in r.getMessage()]
+    assert len(said) == 1, "said once, not at every retry"
+    connecting = [i for i in items if isinstance(i, StatusEvent) and i.status is StreamStatus.CONNECTING]
+    infos = [i for i in items if isinstance(i, StreamInfo)]
+    assert len(connecting) == 1 and connecting[0].stream_id == f"lsl:{uniq}" and "retrying" in connecting[0].detail
+    assert items.index(connecting[0]) < items.index(infos[0]) and infos[0].stream_id == f"lsl:{uniq}"
+    assert len(attempts) == 3
+    assert attempts[2] - attempts[1] >= 1.5 * 0.8  # backoff: 1 s after the first failure, 2 s after the second
