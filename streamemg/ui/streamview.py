@@ -168,6 +168,8 @@ def compose_stream_view(
 
     fixed = 3 + 2 + 3 + 1  # title/facts/estimate + trace title/axis + bottom title/attention/axis + keys
     q_lines = _qemg_lines(est_qemg, detail, width) if (est_qemg is not None or detail.qemg is not None) else []
+    if height - fixed - len(q_lines) < 12:  # a short terminal: the measures line only, no templates
+        q_lines = q_lines[:1]
     room = max(8, height - fixed - len(q_lines))
     trace_h = max(3, room * 9 // 20)
     bottom_h = max(3, room - trace_h)
@@ -175,8 +177,9 @@ def compose_stream_view(
     lines += _trace(detail, width, trace_h)
     lines += _bottom(detail, inspection, width, bottom_h, untrained)
     lines += q_lines
+    lines = lines[: max(0, height - 1)]  # whatever else is cut, the keys stay on screen
     lines.append(_keys(note, width))
-    for line in lines[: max(1, height)]:  # one terminal line each, whatever a piece measured
+    for line in lines:  # one terminal line each, whatever a piece measured
         if isinstance(line, Text):
             line.no_wrap = True
             line.overflow = "ellipsis"

@@ -189,13 +189,14 @@ def rendered(lines: object, width: int) -> str:
     return console.export_text()
 
 
-@pytest.mark.parametrize(("width", "height", "channels"), [(160, 50, 1), (100, 30, 4), (80, 24, 16)])
+@pytest.mark.parametrize(("width", "height", "channels"), [(160, 50, 1), (100, 30, 4), (80, 24, 16), (60, 14, 2)])
 def test_stream_view_fits_the_terminal(width: int, height: int, channels: int) -> None:
     text = rendered(compose_stream_view(make_detail(channels), None, width=width, height=height), width)
     lines = text.rstrip("\n").split("\n")
     assert len(lines) <= height
     assert all(cell_len(line) <= width for line in lines)
     assert "patient-9" in lines[0] and "Esc" in lines[0]
+    assert lines[-1].startswith("Esc back")  # the keys are on screen, whatever the size
     assert "µV" in text and any("\u2801" <= ch <= "\u28ff" for ch in text)
     assert "reconnects 2" in text or width < 120
     if channels == 16:
