@@ -183,12 +183,15 @@ def phases_from_widths(widths: F64, amps: F64) -> PotentialShape:
     return PotentialShape(centers, widths / _SHARPNESS, np.asarray(amps, dtype=np.float64))
 
 
-def draw_muap_shape(rng: np.random.Generator, n_phases: int, serrations: int = 0) -> PotentialShape:
+def draw_muap_shape(
+    rng: np.random.Generator, n_phases: int, serrations: int = 0, main_width: float = 0.75
+) -> PotentialShape:
     """A random MUAP shape with ``n_phases`` phases (>= 2), balanced to zero area.
 
     Biphasic: negative spike then a slow positive return (needle at the end-plate zone, no approach phase).
     Triphasic and more: small positive onset, alternating phases, one dominant negative spike, slow positive
-    terminal phase. ``serrations`` narrow same-polarity bumps add turns.
+    terminal phase. ``serrations`` narrow same-polarity bumps add turns. ``main_width`` is the width of the
+    main spike relative to the other phases (smaller: a sharper spike, more high-frequency power).
     """
     if n_phases < 2:
         raise ValueError("a MUAP has at least 2 phases")
@@ -206,7 +209,7 @@ def draw_muap_shape(rng: np.random.Generator, n_phases: int, serrations: int = 0
         inner = negatives[negatives < n_phases - 1]
         main = int(rng.choice(inner)) if inner.size else 1
         amps[main] = 1.0
-    widths[main] *= 0.75  # the main spike is the steepest phase
+    widths[main] *= main_width  # the main spike is the steepest phase
     widths[-1] *= rng.uniform(1.5, 2.2)  # slow terminal phase
     shape = phases_from_widths(widths, signs * amps)
     if serrations > 0:
@@ -344,6 +347,8 @@ class ClassProfile:
     psw: tuple[int, int] = (0, 0)
     fasciculation_hz: tuple[float, float] | None = None
     pickup_gain: float = 1.0
+    noise_gain: float = 1.0
+    main_width: float = 0.75
 
 
 PROFILES: Final[dict[str, ClassProfile]] = {
@@ -631,7 +636,7 @@ class EMGSimulator:
                 dur = p.duration_ms[0] + (p.duration_ms[1] - p.duration_ms[0]) * (0.4 * rank[i] + 0.6 * rng.uniform())
                 n_ph = _choose(rng, p.phases)
                 n_ser = int(rng.integers(p.serrations[0], p.serrations[1] + 1))
-                kernel = render_potential(draw_muap_shape(rng, n_ph, n_ser), fs, dur, float(amps[i]))
+                kernel = render_potential(draw_muap_shape(rng, n_ph, n_ser, p.main_width), fs, dur, float(amps[i]))
                 sat = None
                 if p.satellite_p > 0 and rng.uniform() < p.satellite_p:
                     sat = self._satellite(rng, kernel, float(amps[i]))
@@ -800,7 +805,7 @@ class EMGSimulator:
             white = nrng.standard_normal((n, c))
             pink, self._pink_zi = signal.sosfilt(self._pink_sos, white, axis=0, zi=self._pink_zi)
             white += pink
-            white *= self.noise_uv * self._noise_norm
+            white *= self.noise_uv * self.profile.noise_gain * self._noise_norm
             x += white
         if self.mains_hz is not None and self.mains_uv > 0:
             t = (n0 + np.arange(n)) / fs

@@ -57,8 +57,11 @@ class QemgSettings:
         min_snr: a unit's amplitude must reach this multiple of the detection threshold (noise templates
             built from threshold crossings of the noise peak just above the threshold).
         match_rate_hz: the matching vector is subsampled to about this rate (cost; shapes are smooth).
+        block_s: samples are gathered and analysed in blocks of this many seconds (each numpy call then works
+            on a second of signal, so the per-call overhead is paid about once per second per stream).
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
-            carry the last measurement (measuring costs a few ms, detection and clustering a fraction of that).
+            carry the last measurement. A unit's waveform is measured again only when its discharge count grew
+            by 10% (its running mean barely moves otherwise).
     """
 
     enabled: bool = True
@@ -77,12 +80,13 @@ class QemgSettings:
     min_discharges: int = 5
     min_snr: float = 1.6
     match_rate_hz: float = 12000.0
-    summary_every_s: float = 1.0
+    block_s: float = 2.0
+    summary_every_s: float = 5.0
 
     def __post_init__(self) -> None:
         positive = (
             "highpass_hz", "pre_ms", "post_ms", "dead_ms", "match_ms", "k_detect", "tol", "horizon_s", "match_rate_hz",
-            "summary_every_s",
+            "summary_every_s", "block_s",
         )
         for name in positive:
             v = getattr(self, name)
@@ -222,7 +226,7 @@ class QemgAnalyser:
         ring = max(16, math.ceil(s.horizon_s * 60.0))  # room for 60 Hz over the whole horizon
         self.sets = [
             TemplateSet(pre + post, match_idx, max_templates=s.max_templates, ring=ring, n_cap=64, tol=s.tol,
-                        k_noise=s.k_noise, max_shift=self.detector.dead)
+                        k_noise=s.k_noise, max_shift=self.detector.dead, pre=pre)
             for _ in range(self.n_channels)
         ]
         self.horizon = max(1, round(s.horizon_s * self.fs))
@@ -232,14 +236,40 @@ class QemgAnalyser:
         self._count = 0
         self._activity = float("nan")
         self._cache: tuple[tuple[int, ...], QemgSummary] | None = None
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._block = max(1, round(s.block_s * self.fs))
+        # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures)
+        self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
+        # (channel, slot a, generation a, slot b, generation b) -> (a is time-locked to b, a's discharges then)
+        self._locked: dict[tuple[int, int, int, int, int], tuple[bool, int]] = {}
         self._dict_cache: tuple[QemgSummary, dict[str, Any]] | None = None
 
     @property
     def samples_seen(self) -> int:
+        """Samples analysed so far (those waiting for a full block not counted)."""
         return self.detector.samples_seen
 
     def process(self, raw: npt.NDArray[np.floating]) -> None:
-        """Analyse the next samples, float (n, C) µV at ``fs`` (one hop; unfiltered: the analyser filters)."""
+        """Take the next samples, float (n, C) µV at ``fs`` (unfiltered: the analyser filters); they are analysed
+        once ``block_s`` of them have gathered (the arrays are kept by reference until then: do not modify)."""
+        if raw.shape[0] == 0:
+            return
+        self._pending.append(raw)
+        self._pending_n += raw.shape[0]
+        if self._pending_n >= self._block:
+            self.flush()
+
+    def flush(self) -> None:
+        """Analyse whatever samples are gathered now (also before a summary that must see every sample)."""
+        if not self._pending_n:
+            return
+        raw = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending = []
+        self._pending_n = 0
+        self._analyse(raw)
+
+    def _analyse(self, raw: npt.NDArray[np.floating]) -> None:
         block = self.filter.process(np.asarray(raw, dtype=np.float32))
         dets = self.detector.process(block)
         n = block.shape[0]
@@ -265,6 +295,9 @@ class QemgAnalyser:
         key = (self.detector.samples_seen // self._summary_every,)
         if not fresh and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
+        if fresh:
+            self.flush()
+            key = (self.detector.samples_seen // self._summary_every,)
         units: list[UnitMeasures] = []
         oldest = self.detector.samples_seen - self.horizon
         thr = self.detector.threshold
@@ -293,8 +326,14 @@ class QemgAnalyser:
             times = ts.recent_times(int(j), oldest)
             if times.size < min(3, s.min_discharges):
                 continue
-            w, sd = remove_baseline(ts.wave[j], self._edge)
-            m = waveform_measures(w, self.fs, noise_uv=sd)
+            gen, count = int(ts.generation[j]), int(ts.count[j])
+            hit = self._measured.get((c, int(j)))
+            if hit is not None and hit[0] == gen and count < 1.1 * hit[1] + 1:
+                w, m = hit[2], hit[3]
+            else:
+                w, sd = remove_baseline(ts.wave[j], self._edge)
+                m = waveform_measures(w, self.fs, noise_uv=sd)
+                self._measured[(c, int(j))] = (gen, count, w, m)
             if m.amplitude_uv < s.min_snr * thr:
                 continue
             cands.append((int(j), w, m, times))
@@ -302,10 +341,22 @@ class QemgAnalyser:
         kept: list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]] = []
         lock = round(0.3e-3 * self.fs) + 1
         span = self.detector.pre + self.detector.post
+        gens = ts.generation
         for cand in cands:
-            if any(_time_locked(cand[3], k[3], span, lock) for k in kept):
-                continue
-            kept.append(cand)
+            locked = False
+            for k in kept:
+                key = (c, cand[0], int(gens[cand[0]]), k[0], int(gens[k[0]]))
+                hit = self._locked.get(key)
+                if hit is None or cand[3].size > 1.25 * hit[1] + 2:  # decided on much fewer discharges: again
+                    hit = (_time_locked(cand[3], k[3], span, lock), cand[3].size)
+                    self._locked[key] = hit
+                if hit[0]:
+                    locked = True
+                    break
+            if not locked:
+                kept.append(cand)
+        if len(self._locked) > 64 * self.settings.max_templates:  # forget pairs of slots long reused
+            self._locked.clear()
         out: list[UnitMeasures] = []
         for _, w, m, times in kept:
             t_s = times / self.fs
