@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="--cross-site: which parameters fine-tuning moves (default all)",
     )
     p.add_argument(
+        "--scratch-baseline", action="store_true",
+        help="--cross-site: also train from scratch on the same k target subjects (does the source model help?)",
+    )
+    p.add_argument(
         "--calibration-mode", default="affine", choices=("affine", "shift"),
         help="--cross-site: site profile mode for the calibrated rows (default affine)",
     )
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 transfer.append(
                     transfer_direction(
                         prepared, config, a, b, settings, ks, args.draws, ft, args.calibration_mode,
-                        progress=progress, log=console.print,
+                        scratch_baseline=args.scratch_baseline, progress=progress, log=console.print,
                     )
                 )
     if args.leaky:

@@ -95,10 +95,16 @@ def transfer_direction(
     finetune: Any = None,
     calibration_mode: str = "affine",
     spot_checks: Sequence[str] = ("emgdb",),
+    scratch_baseline: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """One row group of the transfer table (see the module doc); plain-typed dict for JSON."""
+    """One row group of the transfer table (see the module doc); plain-typed dict for JSON.
+
+    ``scratch_baseline``: also train a model from scratch (the full recipe ``settings``) on the same k
+    subjects per class of the target site alone, scored on the same test subjects: does the source model
+    help at all?
+    """
     from .adapt import FineTuneSettings, fine_tune
     from .train import TrainSettings, feature_reference, fit
 
@@ -130,7 +136,7 @@ def transfer_direction(
     )
     tuned: dict[str, Any] = {}
     for k in ks:
-        base_runs, tuned_runs = [], []
+        base_runs, tuned_runs, scratch_runs = [], [], []
         for d in range(draws):
             try:
                 chosen = draw_subjects(tgt, k, seed=1000 * k + d)
@@ -145,6 +151,9 @@ def transfer_direction(
             res = fine_tune(model, train, config, dataclasses.replace(finetune, seed=d))
             base_runs.append(score(model, test, config))
             tuned_runs.append(score(res.model, test, config))
+            if scratch_baseline:
+                scratch = fit(train, config, dataclasses.replace(settings, seed=settings.seed + d), progress=progress)
+                scratch_runs.append(score(scratch.model, test, config))
             say(
                 f"{source} -> {target} k={k} draw {d}: recording {base_runs[-1]['recording']['accuracy']:.3f} -> "
                 f"{tuned_runs[-1]['recording']['accuracy']:.3f}"
@@ -156,6 +165,8 @@ def transfer_direction(
                 "fine_tuned": _spread(tuned_runs),
                 "no_adaptation_same_test": _spread(base_runs),
             }
+            if scratch_runs:
+                tuned[str(k)]["trained_from_scratch_same_test"] = _spread(scratch_runs)
     out["fine_tuned"] = tuned
     out["finetune_settings"] = finetune.to_dict()
     spots: dict[str, Any] = {}
