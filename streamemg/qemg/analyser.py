@@ -346,11 +346,11 @@ class QemgAnalyser:
             locked = False
             for k in kept:
                 key = (c, cand[0], int(gens[cand[0]]), k[0], int(gens[k[0]]))
-                hit = self._locked.get(key)
-                if hit is None or cand[3].size > 1.25 * hit[1] + 2:  # decided on much fewer discharges: again
-                    hit = (_time_locked(cand[3], k[3], span, lock), cand[3].size)
-                    self._locked[key] = hit
-                if hit[0]:
+                lk = self._locked.get(key)
+                if lk is None or cand[3].size > 1.25 * lk[1] + 2:  # decided on much fewer discharges: again
+                    lk = (_time_locked(cand[3], k[3], span, lock), int(cand[3].size))
+                    self._locked[key] = lk
+                if lk[0]:
                     locked = True
                     break
             if not locked:
