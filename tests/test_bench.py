@@ -378,6 +378,7 @@ def test_cli_bench_json_tiny_run(bundle, tmp_path, capsys: pytest.CaptureFixture
         assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"] < 2000
     assert report["latency_by_load_max_wait_ms"] == 0.0  # event-driven batching by default
     assert "lsl_capacity" not in report
+    assert isinstance(report["dashboard"], dict) and report["dashboard"]["frame_ms"] > 0, report["dashboard"]
 
 
 @pytest.mark.lsl
@@ -399,3 +400,4 @@ def test_cli_bench_json_carries_the_lsl_capacity_of_outlets_in_another_process(
     assert run["fleet"]["outlets"] == 4 and run["fleet"]["ticks"] > 0 and "lateness_ms_p99" in run["fleet"]
     assert cap["capacity_streams"] in (0, 4) and (cap["capacity_streams"] == 4) == run["keeps_up"]
     assert report["qemg"] is False
+    assert isinstance(report["lsl"], dict) and report["lsl"]["lost"] == 0, report["lsl"]  # the LSL ingest latency

@@ -289,7 +289,7 @@ def measure_dashboard_cost(pipe: Pipeline, frames: int = 20, width: int = 160, h
     try:
         from rich.console import Console
 
-        from .ui.dashboard import DashboardRenderer
+        from ..ui.dashboard import DashboardRenderer
     except Exception as exc:  # the dashboard is optional for the benchmark
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
     console = Console(file=io.StringIO(), width=width, height=height, force_terminal=True, color_system="truecolor")

@@ -71,7 +71,7 @@ def measure_rss_per_stream(bundle: ModelBundle, templates: np.ndarray, n_streams
 
 def _rss_child(model: str | None, n_streams: int, fs: float) -> dict[str, Any]:
     """Entry point of the fresh process of :func:`measure_rss_subprocess`."""
-    from .model import load_bundle
+    from ..model import load_bundle
 
     logging.disable(logging.WARNING)
     bundle = load_bundle(model)

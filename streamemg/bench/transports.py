@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
     try:
-        from .lsl.source import measure_ingest_latency
+        from ..lsl.source import measure_ingest_latency
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     try:
@@ -63,7 +63,7 @@ def _write_mosquitto_conf(folder: str, port: int) -> str:
 
 async def _mqtt_figures(quick: bool) -> dict[str, Any] | str:
     try:
-        from .mqtt.throughput import measure_ingest_throughput
+        from ..mqtt.throughput import measure_ingest_throughput
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     kw: dict[str, Any] = {"devices": 10, "messages_per_device": 300 if quick else 2000, "rounds": 1 if quick else 3}
