@@ -707,6 +707,7 @@ def _stream_section(s: StreamData, summ: dict[str, Any], figs: dict[str, str | N
         rows.append(("pictures", f"the spectrogram and excerpts cover the first {s.data.shape[0] / info.fs:.0f} s "
                                  "(raise --max-signal-s to read more)"))  # fmt: skip
     table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    table += _qemg_table(s.estimates)
     pics = []
     for key, title, alt in (
         ("timeline", "Probability timeline", "class probabilities over time"),
@@ -724,6 +725,31 @@ def _stream_section(s: StreamData, summ: dict[str, Any], figs: dict[str, str | N
     return (
         f'<section class="card stream" id="{_anchor(info.stream_id)}" data-stream="{e(info.stream_id)}">'
         f"<h2>{e(info.name)}</h2>{table}{''.join(pics)}</section>"
+    )
+
+
+def _qemg_table(ests: Sequence[Estimate]) -> str:
+    """The stream's QEMG measures at the end of the session, when its estimates carry them."""
+    from .streamview import QEMG_LABELS
+
+    last = next((e.qemg for e in reversed(ests) if getattr(e, "qemg", None)), None)
+    if not isinstance(last, Mapping):
+        return ""
+    heads, values = [], []
+    for key, label, unit in QEMG_LABELS:
+        if key in last:
+            v = last[key]
+            val = "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else html.escape(str(v)))
+            unit_txt = f' <span class="muted">{html.escape(unit)}</span>' if unit and v is not None else ""
+            heads.append(f"<th>{html.escape(label)}</th>")
+            values.append(f'<td class="num">{val}{unit_txt}</td>')
+    if not heads:
+        return ""
+    return (
+        '<h3>QEMG at the end of the session</h3><p class="muted">Quantitative MUAP analysis over the stream\'s last '
+        "seconds: means over the motor units found, and counts of spontaneous potentials (fibrillations, positive "
+        "sharp waves, fasciculations).</p>"
+        f'<table class="qemg"><tr>{"".join(heads)}</tr><tr>{"".join(values)}</tr></table>'
     )
 
 
