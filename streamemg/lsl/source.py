@@ -126,7 +126,7 @@ class LSLSourceSettings:
     buffer_s: int = 30
     dejitter: bool = True
     queue_size: int = 1024
-    open_workers: int = 16
+    open_workers: int = 32
     warn_after_s: float = 10.0
     retry_max_s: float = 10.0
     restart_max_s: float = 10.0
