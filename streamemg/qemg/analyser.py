@@ -252,13 +252,22 @@ class QemgAnalyser:
 
     def process(self, raw: npt.NDArray[np.floating]) -> None:
         """Take the next samples, float (n, C) µV at ``fs`` (unfiltered: the analyser filters); they are analysed
-        once ``block_s`` of them have gathered (the arrays are kept by reference until then: do not modify)."""
+        in blocks of exactly ``block_s`` (the arrays are kept by reference until then: do not modify them), so the
+        result does not depend on how the samples were chunked."""
         if raw.shape[0] == 0:
             return
         self._pending.append(raw)
         self._pending_n += raw.shape[0]
-        if self._pending_n >= self._block:
-            self.flush()
+        if self._pending_n < self._block:
+            return
+        # exactly ``block`` samples at a time, whatever the caller's chunking: the analysis does not depend on it
+        x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        n = (x.shape[0] // self._block) * self._block
+        rest = x[n:]
+        self._pending = [rest] if rest.shape[0] else []
+        self._pending_n = rest.shape[0]
+        for i in range(0, n, self._block):
+            self._analyse(x[i : i + self._block])
 
     def flush(self) -> None:
         """Analyse whatever samples are gathered now (also before a summary that must see every sample)."""

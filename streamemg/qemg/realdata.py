@@ -150,6 +150,38 @@ def log_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
     return out
 
 
+def frame_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
+    """The classifier's log-spectrogram summarised, shape (3, 64): per bin (31-2000 Hz, 31.25 Hz apart) the mean,
+    10th and 90th percentile over frames of 10·log10 PSD (µV²/Hz); 128-sample Hann frames every 64 at 4 kHz
+    after a 20 Hz high-pass. The simulator's class parameters were fitted on this (docs/qemg.md)."""
+    from math import gcd
+
+    from scipy import signal
+
+    sos = signal.butter(4, 20.0, "highpass", fs=fs, output="sos")
+    y = signal.sosfilt(sos, np.asarray(x, dtype=np.float64))
+    if fs != 4000.0:
+        num, den = (4000, int(fs)) if float(fs).is_integer() else (8000, round(2 * fs))
+        g = gcd(num, den)
+        y = signal.resample_poly(y, num // g, den // g)
+    n = (y.size - 128) // 64 + 1
+    win = np.hanning(128)
+    frames = y[np.arange(128)[None, :] + 64 * np.arange(n)[:, None]] * win
+    psd = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / (4000.0 * np.sum(win**2)) * 2
+    f = np.fft.rfftfreq(128, 1 / 4000.0)
+    db = 10 * np.log10(psd[:, (f >= 20) & (f <= 2000)] + 1e-6)
+    return np.stack([db.mean(axis=0), np.percentile(db, 10, axis=0), np.percentile(db, 90, axis=0)])
+
+
+def real_frame_spectra(data: Path) -> dict[str, np.ndarray]:
+    """EMGLAB class means of :func:`frame_spectrum` (recordings averaged per subject first)."""
+    per: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for ref in find_recordings([data], datasets=["emglab"]):
+        rec = ref.load()
+        per[(ref.label, ref.subject)].append(frame_spectrum(rec.data[:, 0], rec.fs))
+    return {cls: np.mean([np.mean(v, axis=0) for (c, _), v in per.items() if c == cls], axis=0) for cls in CLASS_NAMES}
+
+
 def real_spectra(data: Path) -> dict[str, np.ndarray]:
     """EMGLAB class means of :func:`log_spectrum` (recordings averaged per subject first), dB."""
     per: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
@@ -171,6 +203,7 @@ def simulated_rows(
 
     rows: list[dict[str, Any]] = []
     spectra: dict[str, list[np.ndarray]] = defaultdict(list)
+    full: dict[str, list[np.ndarray]] = defaultdict(list)
     for cls in SIM_CLASSES:
         label = CLASS_LABELS[cls]
         for seed in range(seeds):
@@ -179,7 +212,10 @@ def simulated_rows(
             row.update(record=f"sim:{cls}:{seed}", dataset="sim", subject=f"sim:{cls}:{seed}", label=label)
             rows.append(row)
             spectra[label].append(log_spectrum(x[:, 0], fs))
-    return rows, {k: np.mean(v, axis=0) for k, v in spectra.items()}
+            full[label].append(frame_spectrum(x[:, 0], fs))
+    out = {k: np.mean(v, axis=0) for k, v in spectra.items()}
+    out.update({f"full:{k}": np.mean(v, axis=0) for k, v in full.items()})
+    return rows, out
 
 
 def sim_table(real_rows: Sequence[dict[str, Any]], sim_rows: Sequence[dict[str, Any]],
@@ -223,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim_rows, sim_spec = simulated_rows(args.sim_seeds, args.sim_seconds)
         print("\n### simulator vs EMGLAB (mean over subjects / seeds)\n")
         print(sim_table(real, sim_rows, real_spectra(Path(args.data)), sim_spec))
+        full_real = real_frame_spectra(Path(args.data))
+        print("\nRMS difference simulated - real over the 64 bins of the classifier's log spectrum (dB):\n")
+        print("| class | mean over frames | 10th percentile | 90th percentile |\n|---|---|---|---|")
+        for cls in CLASS_NAMES:
+            d = sim_spec[f"full:{cls}"] - full_real[cls]
+            print(f"| {cls} | " + " | ".join(f"{float(np.sqrt(np.mean(r * r))):.1f}" for r in d) + " |")
     if args.write_reference:
         normal = [r for r in rows if r["dataset"] == "emglab" and r["label"] == "Normal"]
         ref = build_reference(normal, "EMGLAB N2001 Normal recordings (biceps brachii, low effort)")

@@ -12,31 +12,39 @@ from streamemg.qemg import QemgAnalyser, QemgSettings
 from .groundtruth import score
 
 
-def _recovery(cls: str, seeds: range, effort: float | None) -> tuple[int, int, int, int]:
+def _recovery(cls: str, seeds: range, effort: float | None = None) -> tuple[int, int, int, int]:
     rs = [r for s in seeds for r in score(cls, s, effort=effort)]
     found = [r for r in rs if r.found]
     with_rate = [r for r in found if np.isfinite(r.found_rate)]
     return len(rs), sum(r.amp_ok and r.dur_ok for r in rs), sum(r.rate_ok for r in with_rate), len(with_rate)
 
 
-def test_ground_truth_recovery_at_low_effort_normal_and_als() -> None:
-    """Measured (docs/qemg.md): at effort 0.15, over seeds 0-4, 52% (normal) and 58% (ALS) of the units that fire
-    >= 5 times have amplitude within 10% and duration within 2 ms. The bounds below sit under those figures so a
-    regression fails; they are NOT the issue's 80% target, which the analyser does not reach."""
-    n, ok, rate_ok, with_rate = _recovery("normal", range(5), 0.15)
-    assert n >= 15 and ok / n >= 0.45, (ok, n)
-    assert rate_ok / with_rate >= 0.5, (rate_ok, with_rate)
-    n, ok, _, _ = _recovery("als", range(5), 0.15)
-    assert n >= 8 and ok / n >= 0.5, (ok, n)
+def test_ground_truth_recovery_als_meets_the_target() -> None:
+    """Measured (docs/qemg.md, seeds 0-4, 10 s each): 8 of 10 ALS units that fire >= 5 times have amplitude within
+    10% and duration within 2 ms (the target is 80%); 7 of 10 have the firing rate within 1 Hz."""
+    n, ok, rate_ok, with_rate = _recovery("als", range(5))
+    assert n >= 8 and ok / n >= 0.7, (ok, n)
+    assert rate_ok / with_rate >= 0.6, (rate_ok, with_rate)
+
+
+def test_ground_truth_recovery_myopathy_rates_and_found_units() -> None:
+    """Measured: myopathy (dense, ~17 units per channel) 28 of 86 units within both bounds (33%: the target is NOT
+    reached), but 42 of 52 found units with a rate have it within 1 Hz. Bounds sit just under the measured figures so a
+    regression fails."""
+    n, ok, rate_ok, with_rate = _recovery("myopathy", range(5))
+    assert n >= 60 and ok / n >= 0.25, (ok, n)
+    assert rate_ok / with_rate >= 0.7, (rate_ok, with_rate)
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
-    """Of the units the analyser credits to a true unit, the median errors are small (amplitude, duration, rate)."""
-    rs = [r for s in range(4) for r in score("normal", s, effort=0.15) if r.found]
-    assert len(rs) >= 10
-    amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
-    dur = np.median([abs(r.found_dur - r.true_dur) for r in rs])
-    assert amp < 0.12 and dur < 1.5, (amp, dur)
+    """Of the units the analyser credits to a true unit, the amplitude is right (median error 1.5-2.6% per class);
+    normal durations are the weak point (median error about 3 ms: slow phases sink under a noise-bound threshold)."""
+    for cls, dur_bound in (("normal", 4.0), ("als", 1.5), ("myopathy", 2.5)):
+        rs = [r for s in range(3) for r in score(cls, s) if r.found]
+        assert len(rs) >= 5
+        amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
+        dur = np.median([abs(r.found_dur - r.true_dur) for r in rs])
+        assert amp < 0.06 and dur < dur_bound, (cls, amp, dur)
 
 
 def test_uneven_blocks_give_the_same_units_as_hops() -> None:
@@ -56,9 +64,7 @@ def test_uneven_blocks_give_the_same_units_as_hops() -> None:
     hops = units([2500])
     assert len(hops) >= 3
     uneven = units([1, 7, 333, 2500, 4999, 64])
-    # the same units, measured alike (block edges only shift when a template is updated, not what it holds)
-    same = [h for h in hops if any(abs(u[0] - h[0]) <= 0.03 * h[0] and abs(u[1] - h[1]) <= 3 for u in uneven)]
-    assert len(same) >= 0.8 * len(hops) and abs(len(uneven) - len(hops)) <= 1, (hops, uneven)
+    assert uneven == hops  # analysed in blocks of exactly block_s: chunking cannot matter
 
 
 def test_memory_is_bounded_and_old_units_are_forgotten() -> None:
