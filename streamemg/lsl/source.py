@@ -102,8 +102,8 @@ class LSLSourceSettings:
         buffer_s: seconds of samples liblsl buffers per inlet while streamemg is busy.
         dejitter: smooth timestamps (liblsl's dejitter); clock synchronisation and monotonic timestamps are
             always on.
-        queue_size: items (chunks, announcements) held for a slow consumer; when full, pulling pauses and
-            liblsl buffers (up to ``buffer_s``).
+        queue_size: items (the chunks of one pull pass over every inlet, or one announcement) held for a slow
+            consumer; when full, pulling pauses and liblsl buffers (up to ``buffer_s``).
         open_workers: inlets opened concurrently (each takes ~0.6 s for the first clock-offset estimate, most
             of it waiting on the network, so many can wait at once).
         warn_after_s: log a warning when nothing matched for this long.
@@ -389,6 +389,7 @@ class LSLSource:
         self._pylsl: Any = None
         self._lost_error: type[BaseException] = RuntimeError
         self._queue: asyncio.Queue[Any] | None = None
+        self._ready: collections.deque[Chunk] = collections.deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._open_tasks: set[asyncio.Task[None]] = set()
         self._puller: LSLExecutor | None = None
@@ -478,11 +479,17 @@ class LSLSource:
         return self
 
     async def __anext__(self) -> SourceItem:
+        ready = self._ready
+        if ready:  # the rest of a pull pass's chunks: no queue round trip per chunk
+            return ready.popleft()
         if self._queue is None:
             raise SourceError(f"source {self.uri} is not open; use `async with open_source(uri) as src:`")
         if self._closed and self._queue.empty():
             raise StopAsyncIteration
         item = await self._queue.get()
+        if type(item) is list:
+            ready.extend(item)
+            return ready.popleft()
         if item is _END:
             raise StopAsyncIteration
         if isinstance(item, _Failure):
@@ -891,17 +898,21 @@ class LSLSource:
                 del batch
                 now = self.clock()
                 lost: list[tuple[_Stream, BaseException]] = []
+                out: list[Chunk] = []
+                counts = self.chunks
                 for stream, inlet, pieces, error in results:
                     if stream.inlet is not inlet:
                         continue  # released meanwhile (lost / replaced): its samples belong to an old outlet
                     for data, ts in pieces:
                         stream.last_data = now
                         stream.samples += data.shape[0]
-                        self.chunks[stream.stream_id] += 1
-                        await self._put(Chunk(stream.stream_id, data, ts))
+                        counts[stream.stream_id] += 1
+                        out.append(Chunk(stream.stream_id, data, ts))
                     if error is not None:
                         lost.append((stream, error))
                 del results
+                if out:  # one queue item per pass (hundreds of chunks at lab scale), before any loss it found
+                    await self._put(out)
                 for stream, error in lost:
                     kind = "outlet closed" if isinstance(error, self._lost_error) else f"inlet failed ({error})"
                     await self._lose(stream, kind)
