@@ -195,6 +195,7 @@ _GROWTH: tuple[tuple[str, int], ...] = (
     ("status", 26),
     ("name", 18),
     ("label", 26),
+    ("qemg", 26),
     ("source", 22),
     ("status", 38),
     ("level", 16),
