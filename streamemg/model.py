@@ -559,14 +559,20 @@ def untrained_bundle(config: ModelConfig | None = None, seed: int = 0) -> ModelB
 
 
 def default_model_path() -> Path | None:
-    """Path of the shipped ``default.pt`` (package ``streamemg.models``), or None when none is installed."""
+    """Path of the shipped ``default.pt``, or None when none is installed.
+
+    Installed, the model is the package data of ``streamemg.models``. Imported from a source checkout (e.g.
+    ``python -m pytest`` at the repository root puts the checkout first on ``sys.path``), that package does not
+    exist: the checkout's ``models/`` folder beside ``streamemg/`` holds the same file.
+    """
     try:
         candidate = resources.files("streamemg.models") / "default.pt"
         if candidate.is_file():
             return Path(str(candidate))
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
         pass
-    return None
+    in_checkout = Path(__file__).resolve().parents[1] / "models" / "default.pt"
+    return in_checkout if in_checkout.is_file() else None
 
 
 def load_bundle(path: str | Path | None = None) -> ModelBundle:
