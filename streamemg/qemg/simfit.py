@@ -1,0 +1,155 @@
+"""Fit one simulated class's parameters to the real EMGLAB class (how ``simulators.synth.PROFILES`` were set).
+
+``python -m streamemg.qemg.simfit --data DATA_DIR --cls als [--start P,P,...] [--iters 150] [--seeds 10,11,12,13]``
+
+Objective (smaller is better), all on the same measurements as the real data:
+
+* the classifier's log spectrum (:func:`streamemg.qemg.realdata.frame_spectrum`: per bin, mean / 10th / 90th
+  percentile over frames): RMS difference to the real class mean, over 1.5 dB (mean) and 2 dB (percentiles);
+* QEMG (recording-level report): log amplitude ratio over 0.15, duration over 1.5 ms, phases over 0.4,
+  % polyphasic over 10 points.
+
+Nine parameters, relative to the class's current profile: log pickup gain, duration scale, mean phase count,
+unit-count scale, log noise gain, firing-rate scale, log amplitude spread, effort, main-spike width. Search:
+random coordinate perturbations around the best point, shrinking steps (0.25, 0.12, 0.05 of each range).
+The simulated "subjects" are the seeds given (keep them apart from the seeds a test then checks).
+Only the simulator is fitted; the classifier is neither used nor changed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..clinical.datasets import find_recordings
+from .realdata import frame_spectrum, real_frame_spectra, subject_means
+from .report import analyse_array
+
+#: Parameter names, lower and upper bounds.
+NAMES = ("log_gain", "dur_scale", "phases_mu", "units_scale", "log_noise", "rate_scale", "log_amp_spread", "effort",
+         "main_width")
+LO = np.array([-2.0, 0.3, 2.0, 0.2, -2.5, 0.4, -1.5, 0.05, 0.08])
+HI = np.array([2.0, 2.5, 6.5, 2.5, 1.5, 2.0, 0.7, 0.8, 1.2])
+
+
+def phases_table(mu: float) -> tuple[tuple[int, float], ...]:
+    """A discretised Gaussian (SD 0.8) over 2-8 phases centred on ``mu``."""
+    ks = np.arange(2, 9)
+    p = np.exp(-0.5 * ((ks - mu) / 0.8) ** 2)
+    p /= p.sum()
+    return tuple((int(k), round(float(q), 3)) for k, q in zip(ks, p, strict=True) if q >= 0.01)
+
+
+def profile_from(base: Any, th: Sequence[float] | np.ndarray) -> Any:
+    """The class profile for parameters ``th`` (see :data:`NAMES`) relative to ``base``."""
+    g, dsc, ph, nu, ng, rs, asp, eff, mw = (float(v) for v in th)
+    a_lo, a_hi = base.amplitude_uv
+    mid, half = math.sqrt(a_lo * a_hi), math.log(a_hi / a_lo) / 2 * math.exp(asp)
+    return replace(
+        base,
+        pickup_gain=round(base.pickup_gain * math.exp(g), 4),
+        duration_ms=(round(base.duration_ms[0] * dsc, 2), round(base.duration_ms[1] * dsc, 2)),
+        phases=phases_table(ph),
+        n_units=(max(1, round(base.n_units[0] * nu)), max(1, round(base.n_units[1] * nu))),
+        noise_gain=round(math.exp(ng), 3),
+        base_rate_hz=round(base.base_rate_hz * rs, 2),
+        rate_gain_hz=round(base.rate_gain_hz * rs, 2),
+        max_rate_hz=round(base.max_rate_hz * rs, 2),
+        amplitude_uv=(round(mid * math.exp(-half), 1), round(mid * math.exp(half), 1)),
+        serrations=(0, 0) if ph < 3.2 else (0, max(1, base.serrations[1])),
+        effort=round(eff, 3),
+        main_width=round(mw, 3),
+    )
+
+
+def real_targets(data: Path, label: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The real class's frame spectrum and QEMG means (subject means), from ``rows`` (realdata rows)."""
+    sel = [r for r in rows if r["dataset"] == "emglab" and r["label"] == label]
+    out: dict[str, Any] = {k: float(np.mean(list(subject_means(sel, k).values())))
+                           for k in ("amplitude_uv", "duration_ms", "phases", "polyphasic_pct")}
+    out["spectrum"] = real_frame_spectra(data)[label]
+    return out
+
+
+def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 8.0) -> float:
+    """The objective of the module docstring for one candidate profile."""
+    from simulators import synth
+
+    old = synth.PROFILES[cls]
+    synth.PROFILES[cls] = prof  # type: ignore[index]
+    try:
+        rows, specs = [], []
+        for seed in seeds:
+            x = synth.EMGSimulator(cls, 10000.0, seed=seed).generate(round(seconds * 10000.0))
+            rows.append(analyse_array(x, 10000.0).to_dict())
+            specs.append(frame_spectrum(x[:, 0], 10000.0))
+    finally:
+        synth.PROFILES[cls] = old  # type: ignore[index]
+    m = {k: [r[k] for r in rows if r[k] is not None] for k in ("amplitude_uv", "duration_ms", "phases",
+                                                                "polyphasic_pct")}
+    if not m["amplitude_uv"] or not m["duration_ms"]:
+        return 1e6
+    d = np.mean(specs, axis=0) - target["spectrum"]
+    rms = [float(np.sqrt(np.mean(r * r))) for r in d]
+    value = (rms[0] / 1.5) ** 2 + (rms[1] / 2.0) ** 2 + (rms[2] / 2.0) ** 2
+    value += (math.log(float(np.mean(m["amplitude_uv"])) / target["amplitude_uv"]) / 0.15) ** 2
+    value += ((float(np.mean(m["duration_ms"])) - target["duration_ms"]) / 1.5) ** 2
+    value += ((float(np.mean(m["phases"])) - target["phases"]) / 0.4) ** 2
+    value += ((float(np.mean(m["polyphasic_pct"])) - target["polyphasic_pct"]) / 10.0) ** 2
+    return float(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import json
+
+    from simulators import synth
+
+    p = argparse.ArgumentParser(prog="python -m streamemg.qemg.simfit", description=__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--cls", required=True, choices=synth.SIM_CLASSES)
+    p.add_argument("--rows", default=None, help="realdata rows (JSON lines); default: analyse EMGLAB now")
+    p.add_argument("--start", default=None, help="9 comma-separated parameters (default: the current profile)")
+    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--seeds", default="10,11,12,13")
+    p.add_argument("--rng", type=int, default=0)
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    if args.rows:
+        rows = [json.loads(line) for line in Path(args.rows).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from .realdata import analyse_refs
+
+        find_recordings([data], datasets=["emglab"])  # fails early with a clear message if the folder is wrong
+        rows = analyse_refs(data, None)
+    target = real_targets(data, synth.CLASS_LABELS[args.cls], rows)
+    base = synth.PROFILES[args.cls]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    x0 = (np.array([float(v) for v in args.start.split(",")]) if args.start
+          else np.array([0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 0.0, base.effort, base.main_width]))
+    rng = np.random.default_rng(args.rng)
+    best = (loss(args.cls, profile_from(base, x0), target, seeds), x0)
+    print(f"start {best[0]:.2f}", flush=True)
+    for i in range(args.iters):
+        scale = 0.25 if i < args.iters // 3 else (0.12 if i < 2 * args.iters // 3 else 0.05)
+        k = int(rng.integers(1, 4))
+        idx = rng.choice(len(NAMES), size=k, replace=False)
+        th = best[1].copy()
+        th[idx] += rng.normal(0, 1, k) * (HI - LO)[idx] * scale
+        th = np.clip(th, LO, HI)
+        value = loss(args.cls, profile_from(base, th), target, seeds)
+        if value < best[0]:
+            best = (value, th)
+            print(f"{i} {value:.2f} {','.join(f'{v:.4f}' for v in th)}", flush=True)
+    print(f"best {best[0]:.2f} {','.join(f'{v:.4f}' for v in best[1])}")
+    print(repr(profile_from(base, best[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
