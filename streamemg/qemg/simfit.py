@@ -82,7 +82,7 @@ def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seco
     from simulators import synth
 
     old = synth.PROFILES[cls]
-    synth.PROFILES[cls] = prof  # type: ignore[index]
+    synth.PROFILES[cls] = prof
     try:
         rows, specs = [], []
         for seed in seeds:
@@ -90,7 +90,7 @@ def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seco
             rows.append(analyse_array(x, 10000.0).to_dict())
             specs.append(frame_spectrum(x[:, 0], 10000.0))
     finally:
-        synth.PROFILES[cls] = old  # type: ignore[index]
+        synth.PROFILES[cls] = old
     m = {k: [r[k] for r in rows if r[k] is not None] for k in ("amplitude_uv", "duration_ms", "phases",
                                                                 "polyphasic_pct")}
     if not m["amplitude_uv"] or not m["duration_ms"]:
