@@ -78,3 +78,14 @@ def test_real_emglab_and_mendeley_files(capsys: pytest.CaptureFixture[str]) -> N
     rows = _json_lines(capsys)
     assert [r["fs"] for r in rows] == [23437.5, 32768.0]
     assert all(r["units"] >= 1 and r["amplitude_uv"] > 0 for r in rows)
+
+
+def test_a_recorded_session_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    session = tmp_path / "session1"
+    assert main(["run", "--source", "sim:als?speed=max&duration=5", "--output", f"record:{session}",
+                 "--no-dashboard", "--duration", "30"]) == 0
+    capsys.readouterr()
+    assert main(["qemg", str(session), "--json"]) == 0
+    rows = _json_lines(capsys)
+    assert len(rows) == 1 and rows[0]["stream"] == "sim:als" and rows[0]["units"] >= 1
+    assert rows[0]["seconds"] == pytest.approx(5.0, abs=0.05)
