@@ -1,7 +1,8 @@
 """An interpretable QEMG classifier (multinomial logistic regression on recording-level QEMG measures) and its
 late fusion with the spectral CNN, measured subject-wise with the model card's protocol.
 
-``python -m streamemg.qemg.classifier --rows ROWS.jsonl [--cnn OOF.json]`` where ``ROWS.jsonl`` is the cache
+``python -m streamemg.qemg.classifier --rows ROWS.jsonl [--cnn OOF.json]`` (and ``--make-cnn OOF.json --data
+DATA_DIR`` to produce the latter) where ``ROWS.jsonl`` is the cache
 written by ``python -m streamemg.qemg.realdata --cache`` (one QEMG row per recording) and ``OOF.json`` holds
 the CNN's out-of-fold recording probabilities under the same protocol (``{"cv:emglab": {"keys": [...],
 "probs": [...]}, "cv:mendeley": ..., "cross:emglab->mendeley": ..., "cross:mendeley->emglab": ...}``, keys
@@ -61,8 +62,9 @@ class LogisticQemg:
         self.l2, self.steps, self.lr = l2, steps, lr
 
     def fit(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> LogisticQemg:
-        self.med = np.nanmedian(x, axis=0)
-        self.med = np.where(np.isfinite(self.med), self.med, 0.0)
+        seen = np.isfinite(x).any(axis=0)
+        self.med = np.zeros(x.shape[1])
+        self.med[seen] = np.nanmedian(x[:, seen], axis=0)  # a feature never seen is imputed with 0
         z = np.where(np.isfinite(x), x, self.med)
         self.mu, self.sd = z.mean(axis=0), z.std(axis=0) + 1e-9
         z = (z - self.mu) / self.sd
@@ -156,11 +158,48 @@ def evaluate(rows: Sequence[dict[str, Any]], cnn: dict[str, Any] | None = None) 
     return results
 
 
+def cnn_out_of_fold(data: Path, out: Path, threads: int = 1) -> None:
+    """Train the spectral CNN with the model card's protocol (subject-wise 5-fold per site, seed 0; cross-site both
+    ways) and write its out-of-fold recording probabilities to ``out`` (JSON, the ``--cnn`` input). Slow: it trains
+    twelve models (about half an hour of one core)."""
+    import torch
+
+    from ..clinical.datasets import find_recordings
+    from ..clinical.evaluate import cross_site, cross_validate
+    from ..clinical.train import TrainSettings, default_config, prepare_all
+
+    torch.set_num_threads(threads)
+    refs = find_recordings([data], datasets=["emglab", "mendeley"])
+    config = default_config()
+    prepared = prepare_all(refs, config, progress=False)
+    settings = TrainSettings(seed=0, device="cpu", threads=threads)
+    result: dict[str, Any] = {}
+
+    def keep(name: str, rep: Any) -> None:
+        result[name] = {"keys": list(rep.recording.keys), "probs": rep.recording.probs.tolist()}
+        out.write_text(json.dumps(result), encoding="utf-8")
+        print(f"{name}: recording accuracy {100 * rep.recording.metrics['accuracy']:.1f}%", flush=True)
+
+    for ds in ("emglab", "mendeley"):
+        keep(f"cv:{ds}", cross_validate([p for p in prepared if p.ref.dataset == ds], config, settings, 5, 0, False))
+    for a, b in (("emglab", "mendeley"), ("mendeley", "emglab")):
+        keep(f"cross:{a}->{b}", cross_site(prepared, config, a, b, settings, False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streamemg.qemg.classifier", description=__doc__)
-    p.add_argument("--rows", required=True, help="per-recording QEMG rows (realdata --cache)")
+    p.add_argument("--rows", default=None, help="per-recording QEMG rows (realdata --cache)")
     p.add_argument("--cnn", default=None, help="CNN out-of-fold recording probabilities (JSON)")
+    p.add_argument("--make-cnn", default=None, metavar="OUT", help="train the CNN folds and write --cnn input to OUT")
+    p.add_argument("--data", default=None, help="data folder (with --make-cnn)")
     args = p.parse_args(argv)
+    if args.make_cnn:
+        if not args.data:
+            p.error("--make-cnn needs --data DATA_DIR")
+        cnn_out_of_fold(Path(args.data), Path(args.make_cnn))
+        return 0
+    if not args.rows:
+        p.error("give --rows ROWS.jsonl (from python -m streamemg.qemg.realdata --cache)")
     rows = [json.loads(line) for line in Path(args.rows).read_text(encoding="utf-8").splitlines() if line.strip()]
     cnn = json.loads(Path(args.cnn).read_text(encoding="utf-8")) if args.cnn else None
     print("| protocol | recordings | QEMG-LR | CNN | fusion (geometric mean) |\n|---|---|---|---|---|")

@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--seeds", default="10,11,12,13")
     p.add_argument("--rng", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=8.0, help="simulated seconds per seed (default 8)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if args.rows:
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     x0 = (np.array([float(v) for v in args.start.split(",")]) if args.start
           else np.array([0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 0.0, base.effort, base.main_width]))
     rng = np.random.default_rng(args.rng)
-    best = (loss(args.cls, profile_from(base, x0), target, seeds), x0)
+    best = (loss(args.cls, profile_from(base, x0), target, seeds, args.seconds), x0)
     print(f"start {best[0]:.2f}", flush=True)
     for i in range(args.iters):
         scale = 0.25 if i < args.iters // 3 else (0.12 if i < 2 * args.iters // 3 else 0.05)
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         th = best[1].copy()
         th[idx] += rng.normal(0, 1, k) * (HI - LO)[idx] * scale
         th = np.clip(th, LO, HI)
-        value = loss(args.cls, profile_from(base, th), target, seeds)
+        value = loss(args.cls, profile_from(base, th), target, seeds, args.seconds)
         if value < best[0]:
             best = (value, th)
             print(f"{i} {value:.2f} {','.join(f'{v:.4f}' for v in th)}", flush=True)
