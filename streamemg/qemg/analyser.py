@@ -369,8 +369,8 @@ class QemgAnalyser:
         out: list[UnitMeasures] = []
         for _, w, m, times in kept:
             t_s = times / self.fs
-            rate, cv, _ = firing_stats(t_s)
-            kind = _kind(m, t_s, rate, cv)
+            rate, cv, n_kept = firing_stats(t_s)
+            kind = _kind(m, t_s, rate, cv, n_kept)
             if kind == "muap" and times.size < s.min_discharges:
                 continue
             out.append(UnitMeasures(c, m, int(times.size), rate, cv, kind, w, t_s))
@@ -392,11 +392,16 @@ def _time_locked(small: npt.NDArray[np.int64], big: npt.NDArray[np.int64], span:
     return bool(np.count_nonzero(np.abs(near - med) <= lock) >= 0.6 * small.size)
 
 
-def _kind(m: WaveformMeasures, t_s: F64, rate: float, cv: float) -> str:
-    """Voluntary MUAP or a spontaneous source, from its shape and firing (docs/qemg.md)."""
-    if m.initial_positive and m.duration_ms <= 5.0 and m.phases <= 3 and math.isfinite(cv) and cv < 0.1:
+def _kind(m: WaveformMeasures, t_s: F64, rate: float, cv: float, n_kept: int = 0) -> str:
+    """Voluntary MUAP or a spontaneous source, from its shape and firing (docs/qemg.md).
+
+    Spontaneous fibres fire like pacemakers: the CV of the kept intervals must be under 0.05 over at least 8 of
+    them, and at least 80% of all intervals kept (a voluntary unit's CV of 0.1-0.25 trimmed to the kept
+    intervals can fall under 0.1 by chance)."""
+    regular = math.isfinite(cv) and cv < 0.05 and n_kept >= 8 and n_kept >= 0.8 * max(1, t_s.size - 1)
+    if regular and m.initial_positive and m.duration_ms <= 5.0 and m.phases <= 3:
         return "fibrillation"
-    if m.initial_positive and m.duration_ms >= 8.0 and m.phases <= 2 and math.isfinite(cv) and cv < 0.1:
+    if regular and m.initial_positive and m.duration_ms >= 8.0 and m.phases <= 2:
         return "positive_sharp_wave"
     if t_s.size >= 3:
         span = float(t_s[-1] - t_s[0])
