@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--ft-layers", default=None, choices=("all", "head", "norm_head"),
         help="--cross-site: which parameters fine-tuning moves (default all)",
     )
+    p.add_argument("--ft-anchor", type=float, default=None, help="--cross-site: fine-tuning L2 pull (default 0)")
     p.add_argument(
         "--scratch-baseline", action="store_true",
         help="--cross-site: also train from scratch on the same k target subjects (does the source model help?)",
@@ -134,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             ft = dataclasses.replace(ft, steps=args.ft_steps)
         if args.ft_layers is not None:
             ft = dataclasses.replace(ft, layers=args.ft_layers)
+        if args.ft_anchor is not None:
+            ft = dataclasses.replace(ft, anchor=args.ft_anchor)
         if args.quick:
             ft = dataclasses.replace(ft, steps=min(ft.steps, 10))
         for a, b in (("emglab", "mendeley"), ("mendeley", "emglab")):

@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --init: which parameters move (default: all)",
     )
     p.add_argument("--steps", type=int, default=None, help="with --init: optimisation steps (default 150)")
+    p.add_argument(
+        "--anchor", type=float, default=None,
+        help="with --init: L2 pull towards the starting weights (keeps more of the old sites; default 0)",
+    )
     p.add_argument("--out", default="model.pt", metavar="PATH", help="bundle to write (default: model.pt)")
     p.add_argument("--card", default=None, metavar="PATH", help="model card to write (default: OUT with .md)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -76,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         refs += manifest_refs(args.manifest, require_label=True, require_subject=True)
     if args.init is not None:
         return _fine_tune(args, refs, console)
-    if args.layers is not None or args.steps is not None:
-        raise ConfigError("--layers and --steps belong to fine-tuning: add --init MODEL.pt")
+    if args.layers is not None or args.steps is not None or args.anchor is not None:
+        raise ConfigError("--layers, --steps and --anchor belong to fine-tuning: add --init MODEL.pt")
     settings = TrainSettings(seed=args.seed, device=args.device, threads=args.threads)
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
@@ -130,6 +134,8 @@ def _fine_tune(args: argparse.Namespace, refs: list, console: Any) -> int:
         settings = dataclasses.replace(settings, layers=args.layers)
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
+    if args.anchor is not None:
+        settings = dataclasses.replace(settings, anchor=args.anchor)
     if args.quick:
         settings = dataclasses.replace(settings, steps=min(settings.steps, 10))
     console.print(

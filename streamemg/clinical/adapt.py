@@ -45,6 +45,9 @@ class FineTuneSettings:
         weight_decay: AdamW weight decay.
         label_smoothing: cross-entropy label smoothing.
         layers: which parameters move: ``"all"``, ``"head"`` or ``"norm_head"`` (see the module doc).
+        anchor: weight of an L2 pull of every trainable parameter back to its starting value (L2-SP:
+            ``anchor * sum((w - w0)^2)`` added to the loss); 0 (default) is plain fine-tuning. A pull keeps
+            more of what the model knew about its training sites, at some cost on the new one.
         seed: seeds the window draws, augmentation and dropout.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``.
         threads: torch CPU threads (None: torch's choice).
@@ -57,6 +60,7 @@ class FineTuneSettings:
     weight_decay: float = 1e-2
     label_smoothing: float = 0.05
     layers: str = "all"
+    anchor: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -71,6 +75,8 @@ class FineTuneSettings:
             raise ConfigError(f"FineTuneSettings.lr={self.lr!r}: must be a positive number, e.g. 1e-3")
         if not (0 <= self.weight_decay < 1 and 0 <= self.label_smoothing < 1):
             raise ConfigError("FineTuneSettings.weight_decay / label_smoothing: each must lie in [0, 1)")
+        if not (isinstance(self.anchor, (int, float)) and math.isfinite(self.anchor) and self.anchor >= 0):
+            raise ConfigError(f"FineTuneSettings.anchor={self.anchor!r}: give a weight >= 0, e.g. 0.1")
         if self.layers not in LAYER_MODES:
             raise ConfigError(f"FineTuneSettings.layers={self.layers!r}: use one of {', '.join(LAYER_MODES)}")
         if self.threads is not None and self.threads < 1:
@@ -154,6 +160,7 @@ def fine_tune(
     params = _trainable(tuned, settings.layers)
     for p in params:
         p.requires_grad_(True)
+    start = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     warm = max(1, settings.steps // 10)
     decay = max(1, settings.steps - warm)
@@ -180,6 +187,8 @@ def fine_tune(
         xb = augment_batch(torch.from_numpy(batch).to(device), float(config.fs), settings.augment, gen)
         yb = torch.from_numpy(labels[sel]).to(device)
         loss = loss_fn(tuned(xb), yb)
+        if settings.anchor > 0:
+            loss = loss + settings.anchor * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start, strict=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
