@@ -83,3 +83,18 @@ def test_refusals(prepared: list, tmp_path: Path) -> None:
         FineTuneSettings(layers="conv")
     with pytest.raises(ConfigError, match="steps"):
         FineTuneSettings(steps=0)
+
+
+def test_anchor_keeps_weights_near_the_start(prepared: list) -> None:
+    torch.manual_seed(0)
+    base = Classifier(CFG).eval()
+    start = _state(base)
+
+    def moved(anchor: float) -> float:
+        s = FineTuneSettings(steps=10, batch_size=8, lr=3e-3, anchor=anchor, device="cpu", threads=1)
+        after = fine_tune(base, prepared, CFG, s).model.state_dict()
+        return sum(float(((after[k] - start[k]) ** 2).sum()) for k in start if k.endswith("weight"))
+
+    assert moved(100.0) < 0.5 * moved(0.0)
+    with pytest.raises(ConfigError, match="anchor"):
+        FineTuneSettings(anchor=-1.0)
