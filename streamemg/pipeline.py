@@ -21,6 +21,7 @@ import asyncio
 import collections
 import logging
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,7 +213,8 @@ class StreamState:
         self._level_per_bin = max(1, round(settings.level_bin_s * info.fs))
         # -- QEMG (streamemg.qemg): runs once per flushed block (at most one hop) on the native-rate samples,
         # with its own MUAP-analysis filter; summarised once per estimate
-        self.qemg = QemgAnalyser(info.fs, c, settings.qemg) if settings.qemg.enabled else None
+        phase = (zlib.crc32(info.stream_id.encode()) % 997) / 997.0  # streams' QEMG work falls due at different hops
+        self.qemg = QemgAnalyser(info.fs, c, settings.qemg, phase) if settings.qemg.enabled else None
 
     # ---------------------------------------------------------------- ingest
     def accept_seq(self, chunk: Chunk) -> bool:

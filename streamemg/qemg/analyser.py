@@ -205,9 +205,14 @@ class QemgAnalyser:
         fs: rate of the samples given to :meth:`process`, Hz.
         n_channels: channels.
         settings: see :class:`QemgSettings`.
+        phase: 0..1, where in its block and summary periods this stream starts. The pipeline gives each stream
+            its own (from its id), so the streams' block analyses and re-measurements do not all fall due in
+            the same hop, which would stall the event loop for all of them at once.
     """
 
-    def __init__(self, fs: float, n_channels: int, settings: QemgSettings | None = None) -> None:
+    def __init__(
+        self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0
+    ) -> None:
         s = settings or QemgSettings()
         self.settings = s
         self.fs = float(fs)
@@ -239,6 +244,9 @@ class QemgAnalyser:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self._block = max(1, round(s.block_s * self.fs))
+        phase = float(phase) % 1.0
+        self._first = max(1, round(self._block * (1.0 - phase)))  # the first block is shorter: the stagger
+        self._summary_offset = round(phase * self._summary_every)
         # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures)
         self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
         # (channel, slot a, generation a, slot b, generation b) -> (a is time-locked to b, a's discharges then)
@@ -258,16 +266,19 @@ class QemgAnalyser:
             return
         self._pending.append(raw)
         self._pending_n += raw.shape[0]
-        if self._pending_n < self._block:
+        size = self._first if self.detector.samples_seen == 0 else self._block
+        if self._pending_n < size:
             return
-        # exactly ``block`` samples at a time, whatever the caller's chunking: the analysis does not depend on it
+        # exact blocks, whatever the caller's chunking: the analysis does not depend on it
         x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        n = (x.shape[0] // self._block) * self._block
-        rest = x[n:]
+        start = 0
+        while x.shape[0] - start >= size:
+            self._analyse(x[start : start + size])
+            start += size
+            size = self._block
+        rest = x[start:]
         self._pending = [rest] if rest.shape[0] else []
         self._pending_n = rest.shape[0]
-        for i in range(0, n, self._block):
-            self._analyse(x[i : i + self._block])
 
     def flush(self) -> None:
         """Analyse whatever samples are gathered now (also before a summary that must see every sample)."""
@@ -301,12 +312,12 @@ class QemgAnalyser:
     def summary(self, fresh: bool = False) -> QemgSummary:
         """The current units and their measures (measured again every ``summary_every_s`` of signal, or now
         with ``fresh``)."""
-        key = (self.detector.samples_seen // self._summary_every,)
+        key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
         if not fresh and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         if fresh:
             self.flush()
-            key = (self.detector.samples_seen // self._summary_every,)
+            key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
         units: list[UnitMeasures] = []
         oldest = self.detector.samples_seen - self.horizon
         thr = self.detector.threshold
