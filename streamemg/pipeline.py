@@ -214,7 +214,12 @@ class StreamState:
         # -- QEMG (streamemg.qemg): runs once per flushed block (at most one hop) on the native-rate samples,
         # with its own MUAP-analysis filter; summarised once per estimate
         phase = (zlib.crc32(info.stream_id.encode()) % 997) / 997.0  # streams' QEMG work falls due at different hops
-        self.qemg = QemgAnalyser(info.fs, c, settings.qemg, phase) if settings.qemg.enabled else None
+        live = bool(getattr(source, "realtime", True))  # live: off the event loop; files at full speed: inline
+        self.qemg = (
+            QemgAnalyser(info.fs, c, settings.qemg, phase, background=settings.qemg.background and live)
+            if settings.qemg.enabled
+            else None
+        )
 
     # ---------------------------------------------------------------- ingest
     def accept_seq(self, chunk: Chunk) -> bool:

@@ -17,7 +17,11 @@ JSON form (:meth:`QemgSummary.to_dict`) is what estimates carry as ``qemg``.
 
 from __future__ import annotations
 
+import collections
+import logging
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,22 @@ from .normative import flag_measures
 from .templates import TemplateSet
 
 F64 = npt.NDArray[np.float64]
+log = logging.getLogger(__name__)
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+#: Blocks of one stream that may wait for the worker; beyond this, new blocks are dropped (and counted).
+MAX_QUEUED_BLOCKS = 4
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The one worker thread that analyses every stream's blocks when ``background`` is on (FIFO: per stream,
+    blocks are analysed in order)."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamemg-qemg")
+        return _EXECUTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,11 @@ class QemgSettings:
         match_rate_hz: the matching vector is subsampled to about this rate (cost; shapes are smooth).
         block_s: samples are gathered and analysed in blocks of this many seconds (each numpy call then works
             on a second of signal, so the per-call overhead is paid about once per second per stream).
+        background: in the pipeline, live streams are analysed (and measured) in one worker thread shared by
+            all streams instead of on the event loop; estimates then carry the latest finished measurement. A
+            stream whose blocks pile up (more than 4 waiting) drops new ones and counts them
+            (``QemgAnalyser.dropped_blocks``). Offline sources (files at full speed) are always analysed inline,
+            so no block is lost.
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
             by 10% (its running mean barely moves otherwise).
@@ -82,6 +107,7 @@ class QemgSettings:
     match_rate_hz: float = 12000.0
     block_s: float = 2.0
     summary_every_s: float = 5.0
+    background: bool = True
 
     def __post_init__(self) -> None:
         positive = (
@@ -208,10 +234,13 @@ class QemgAnalyser:
         phase: 0..1, where in its block and summary periods this stream starts. The pipeline gives each stream
             its own (from its id), so the streams' block analyses and re-measurements do not all fall due in
             the same hop, which would stall the event loop for all of them at once.
+        background: analyse in the shared worker thread (see :attr:`QemgSettings.background`); blocks beyond
+            4 waiting are dropped, so use it only for live data.
     """
 
     def __init__(
-        self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0
+        self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0,
+        background: bool = False,
     ) -> None:
         s = settings or QemgSettings()
         self.settings = s
@@ -251,7 +280,12 @@ class QemgAnalyser:
         self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
         # (channel, slot a, generation a, slot b, generation b) -> (a is time-locked to b, a's discharges then)
         self._locked: dict[tuple[int, int, int, int, int], tuple[bool, int]] = {}
-        self._dict_cache: tuple[QemgSummary, dict[str, Any]] | None = None
+        self._fed = 0  # samples handed to blocks (caller side; the worker's count is detector.samples_seen)
+        self._lock = threading.Lock()  # held by whoever analyses or measures (worker or caller)
+        self._futures: collections.deque[Future[None]] = collections.deque()
+        self._latest: tuple[QemgSummary, dict[str, Any]] | None = None
+        self.dropped_blocks = 0
+        self.background = bool(background)
 
     @property
     def samples_seen(self) -> int:
@@ -266,28 +300,60 @@ class QemgAnalyser:
             return
         self._pending.append(raw)
         self._pending_n += raw.shape[0]
-        size = self._first if self.detector.samples_seen == 0 else self._block
+        size = self._first if self._fed == 0 else self._block
         if self._pending_n < size:
             return
         # exact blocks, whatever the caller's chunking: the analysis does not depend on it
         x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         start = 0
+        blocks = []
         while x.shape[0] - start >= size:
-            self._analyse(x[start : start + size])
+            blocks.append(x[start : start + size])
             start += size
             size = self._block
         rest = x[start:]
         self._pending = [rest] if rest.shape[0] else []
         self._pending_n = rest.shape[0]
+        self._fed += start
+        if not self.background:
+            self._work(blocks)
+            return
+        while self._futures and self._futures[0].done():
+            self._futures.popleft()
+        if len(self._futures) >= MAX_QUEUED_BLOCKS:
+            self.dropped_blocks += len(blocks)  # the worker is behind: better a gap than an unbounded queue
+            return
+        self._futures.append(_executor().submit(self._work, blocks))
+
+    def _work(self, blocks: list[npt.NDArray[np.floating]]) -> None:
+        """Analyse blocks, then measure the units again if a summary fell due (worker thread or caller)."""
+        try:
+            with self._lock:
+                for b in blocks:
+                    self._analyse(b)
+                key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
+                if self._cache is None or self._cache[0] != key:
+                    self._publish(self._summarise(key))
+        except Exception:  # a failure here must not take the stream down; it is logged and the block lost
+            log.exception("QEMG analysis failed; block skipped")
+
+    def _publish(self, summ: QemgSummary) -> None:
+        d = summ.to_dict()
+        d["flags"] = flag_measures(d)
+        self._latest = (summ, d)  # one reference swap: readers on other threads see old or new, never half
 
     def flush(self) -> None:
-        """Analyse whatever samples are gathered now (also before a summary that must see every sample)."""
+        """Wait for queued blocks, then analyse whatever samples are gathered now (in the caller's thread)."""
+        while self._futures:
+            self._futures.popleft().result()
         if not self._pending_n:
             return
         raw = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending = []
+        self._fed += self._pending_n
         self._pending_n = 0
-        self._analyse(raw)
+        with self._lock:
+            self._analyse(raw)
 
     def _analyse(self, raw: npt.NDArray[np.floating]) -> None:
         block = self.filter.process(np.asarray(raw, dtype=np.float32))
@@ -310,14 +376,23 @@ class QemgAnalyser:
             t.expire(oldest)
 
     def summary(self, fresh: bool = False) -> QemgSummary:
-        """The current units and their measures (measured again every ``summary_every_s`` of signal, or now
-        with ``fresh``)."""
-        key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
-        if not fresh and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        """The latest measurement of the units (taken every ``summary_every_s`` of signal), or, with ``fresh``,
+        one taken now after every sample given so far was analysed (waits for the worker)."""
         if fresh:
             self.flush()
-            key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
+            with self._lock:
+                key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
+                summ = self._summarise(key)
+                self._publish(summ)
+                return summ
+        latest = self._latest
+        if latest is None:
+            empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
+            self._latest = latest = (empty, {**empty.to_dict(), "flags": {}})
+        return latest[0]
+
+    def _summarise(self, key: tuple[int, ...]) -> QemgSummary:
+        """Measure the current units (the caller holds the lock)."""
         units: list[UnitMeasures] = []
         oldest = self.detector.samples_seen - self.horizon
         thr = self.detector.threshold
@@ -330,14 +405,11 @@ class QemgAnalyser:
         return out
 
     def summary_dict(self) -> dict[str, Any]:
-        """:meth:`summary` in its compact JSON form (cached with it); what estimates carry as ``qemg``."""
-        summ = self.summary()
-        if self._dict_cache is not None and self._dict_cache[0] is summ:
-            return self._dict_cache[1]
-        d = summ.to_dict()
-        d["flags"] = flag_measures(d)
-        self._dict_cache = (summ, d)
-        return d
+        """:meth:`summary` in its compact JSON form, with ``flags``; what estimates carry as ``qemg``."""
+        self.summary()
+        latest = self._latest
+        assert latest is not None
+        return latest[1]
 
     def _channel_units(self, c: int, ts: TemplateSet, oldest: int, thr: float) -> list[UnitMeasures]:
         s = self.settings
