@@ -5,11 +5,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shlex
 import sys
 from typing import Any
 
 from ..errors import ConfigError
 
+
+def _command_line() -> str:
+    """The command that made this report, as a user would type it: the data folder written as ``"$STREAMEMG_DATA"``.
+
+    The report (and a model card that quotes it) then reproduces anywhere and names no folder of the machine it
+    ran on.
+    """
+    data = os.environ.get("STREAMEMG_DATA", "").rstrip("/")
+    words = []
+    for word in ["streamemg", *sys.argv[1:]]:
+        if data and (word == data or word.startswith(data + "/")):
+            words.append('"$STREAMEMG_DATA"' + shlex.quote(word[len(data):]) if word != data else '"$STREAMEMG_DATA"')
+        else:
+            words.append(shlex.quote(word))
+    return " ".join(words)
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -153,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         reports.append(leaky_split(part, config, settings, seed=args.seed, progress=progress))
     if args.json:
         payload = {
-            "command": " ".join(["streamemg", *sys.argv[1:]]),
+            "command": _command_line(),
             "config": config.to_dict(),
             "train_settings": settings.to_dict(),
             "reports": [r.to_dict() for r in reports],
@@ -225,7 +242,7 @@ def _score_model(args: argparse.Namespace, refs: list[Any], console: Any) -> int
         notes=["the model's own training subjects, if among these recordings, make this optimistic"],
     )
     if args.json:
-        print(json.dumps({"command": " ".join(["streamemg", *sys.argv[1:]]), "reports": [report.to_dict()]}, indent=2))
+        print(json.dumps({"command": _command_line(), "reports": [report.to_dict()]}, indent=2))
     else:
         render_report(report, console)
     return 0
