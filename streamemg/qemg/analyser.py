@@ -361,7 +361,7 @@ class QemgAnalyser:
         n = block.shape[0]
         if n:
             flat = np.asarray(block, dtype=np.float64).reshape(-1)
-            ss = float(np.dot(flat, flat))
+            ss = float(np.einsum("i,i->", flat, flat))  # no BLAS: its idle threads spin (see templates._products)
             if math.isfinite(ss):
                 a = min(1.0, n / (0.5 * self.horizon))  # activity: RMS over about half a horizon
                 cur = ss / flat.size
