@@ -52,12 +52,17 @@ OPEN_TIMEOUT_S = 90.0
 # ---------------------------------------------------------------------------------------------- the fleet
 
 
-def _fleet_stats(deadlines: np.ndarray, lateness: np.ndarray, t_from: float, t_to: float) -> dict[str, Any]:
+def _fleet_stats(deadlines: np.ndarray, lateness: np.ndarray, t_from: float, t_to: float,
+                 cpu: np.ndarray | None = None) -> dict[str, Any]:
     sel = (deadlines >= t_from) & (deadlines <= t_to)
     late = lateness[sel] * 1000.0
     if late.size == 0:
         return {"ticks": 0}
+    idx = np.flatnonzero(sel)
+    span = float(deadlines[idx[-1]] - deadlines[idx[0]])
+    cores = float(cpu[idx[-1]] - cpu[idx[0]]) / span if cpu is not None and span > 0 else math.nan
     return {
+        "cpu_cores": round(cores, 3) if math.isfinite(cores) else None,
         "ticks": int(late.size),
         "lateness_ms_p50": round(float(np.percentile(late, 50)), 3),
         "lateness_ms_p99": round(float(np.percentile(late, 99)), 3),
@@ -110,6 +115,7 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
     n_max = int(args.max_s / period)
     deadlines = np.zeros(n_max)
     lateness = np.zeros(n_max)
+    cpu = np.zeros(n_max)  # the fleet's own process CPU time at each tick (liblsl's sender threads included)
     offsets = [(i * 7919) % per for i in range(args.count)]
     # pushes through liblsl's C call with the outlet handle built once (pylsl's push_chunk costs ~10 µs of
     # argument conversion per call, which at hundreds of outlets starves the fleet itself)
@@ -127,7 +133,7 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
         if now < deadline:
             time.sleep(deadline - now)
             now = time.monotonic()
-        deadlines[k], lateness[k] = deadline, now - deadline
+        deadlines[k], lateness[k], cpu[k] = deadline, now - deadline, time.process_time()
         stamp = ctypes.c_double(deadline)
         for i, (fn, obj) in enumerate(fast):
             j = ((k + offsets[i]) % per) * chunk
@@ -137,7 +143,7 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
                 fn(obj, ctypes.c_void_p(base + (i % 8) * row_bytes + j * 4), n_values, stamp, push_through)
         k += 1
     t_from, t_to = stop[0] if stop else (0.0, math.inf)
-    stats = _fleet_stats(deadlines[:k], lateness[:k], t_from, t_to)
+    stats = _fleet_stats(deadlines[:k], lateness[:k], t_from, t_to, cpu[:k])
     stats["outlets"] = args.count
     print(json.dumps(stats), flush=True)
     del outlets
