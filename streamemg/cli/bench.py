@@ -185,13 +185,14 @@ def print_report(report: dict[str, Any]) -> None:
     if isinstance(lsl_cap, dict):
         t = Table(title=f"LSL capacity: outlets in another process (largest that kept up: "
                   f"{lsl_cap.get('capacity_streams')})")
-        for col in ("outlets", "keeps up", "open s", "p50 ms", "p99 ms", "cpu cores", "outlets late p99 ms", "note"):
+        for col in ("outlets", "keeps up", "open s", "p50 ms", "p99 ms", "cpu cores", "outlets late p99 ms",
+                    "outlets cpu", "note"):
             t.add_column(col, justify="left" if col == "note" else "right")
         for row in lsl_cap.get("runs", []):
             fleet = row.get("fleet") or {}
             t.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row.get("open_s"), 1),
                       _fmt(row.get("latency_ms_p50"), 1), _fmt(row.get("latency_ms_p99"), 1), _fmt(row.get("cpu"), 2),
-                      _fmt(fleet.get("lateness_ms_p99"), 1), row.get("reason", ""))
+                      _fmt(fleet.get("lateness_ms_p99"), 1), _fmt(fleet.get("cpu_cores"), 2), row.get("reason", ""))
         console.print(t)
     elif lsl_cap is not None:
         console.print(f"[bold]LSL capacity[/]: {lsl_cap}")
