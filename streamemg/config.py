@@ -23,6 +23,9 @@ Example (see ``examples/run.toml``)::
 
     [quality]     # streamemg.estimates.QualitySettings
 
+    [qemg]        # streamemg.qemg.analyser.QemgSettings
+    enabled = true
+
 Every section and key is checked: a misspelt key is an error that names it and lists the valid ones.
 """
 
@@ -55,7 +58,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"config file {p}: cannot be read ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p}: not valid TOML ({exc})") from exc
-    sections = {"run", "engine", "pipeline", "estimates", "quality"}
+    sections = {"run", "engine", "pipeline", "estimates", "quality", "qemg"}
     for name, value in raw.items():
         if name not in sections:
             valid = ", ".join(sorted(sections))

@@ -131,3 +131,16 @@ def test_demo_direct_prints_three_patients() -> None:
     assert out.returncode == 0, out.stderr
     ests = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
     assert {e["name"] for e in ests} == {"patient-1", "patient-2", "patient-3"}
+
+
+def test_config_file_qemg_section_is_checked_and_applied(tmp_path: Path) -> None:
+    out_file = tmp_path / "est.jsonl"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\nsources = ["sim:normal?seed=3"]\noutputs = ["jsonl:{out_file}"]\n[qemg]\nenabled = false\n')
+    out = streamemg("run", "--config", str(cfg), "--no-dashboard", "--duration", "2")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert lines and all(line.get("qemg") is None for line in lines)  # QEMG turned off from the config file
+    cfg.write_text('[run]\nsources = ["sim:normal"]\n[qemg]\nenabeld = false\n')
+    out = streamemg("run", "--config", str(cfg), "--no-dashboard", "--duration", "1")
+    assert out.returncode == 2 and "qemg.enabeld" in out.stderr and "enabled" in out.stderr

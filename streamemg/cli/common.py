@@ -74,6 +74,7 @@ def make_plan(args: argparse.Namespace, sources: Sequence[str], default_dashboar
     from ..engine import EngineSettings
     from ..estimates import EstimateSettings, QualitySettings
     from ..pipeline import PipelineSettings
+    from ..qemg.analyser import QemgSettings
 
     cfg: dict[str, dict[str, Any]] = load_config(args.config) if getattr(args, "config", None) else {}
     run = cfg.get("run", {})
@@ -95,6 +96,7 @@ def make_plan(args: argparse.Namespace, sources: Sequence[str], default_dashboar
         est_values["tau_s"] = args.tau
     pipe_values["estimates"] = build_settings(EstimateSettings, "estimates", est_values)
     pipe_values["quality"] = build_settings(QualitySettings, "quality", dict(cfg.get("quality", {})))
+    pipe_values["qemg"] = build_settings(QemgSettings, "qemg", dict(cfg.get("qemg", {})))
     pipeline = build_settings(PipelineSettings, "pipeline", pipe_values)
 
     all_sources = list(sources) or list(run.get("sources", []))

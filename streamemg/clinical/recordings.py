@@ -106,16 +106,28 @@ def read_npy(path: Path, fs: float | None = None) -> Recording:
     return Recording(data, rate, channels, path, {"format": "npy"})
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_csv(path: Path, fs: float | None = None) -> Recording:
-    """A ``.csv`` with a header row of channel names; an optional first column ``time``/``t`` (s) gives the rate."""
+    """A numeric ``.csv``, one row per sample (µV). An optional header row names the channels (without one they
+    are ``ch1..chN`` and no sample is lost); a first column headed ``time``/``t`` (s) gives the rate."""
     try:
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader)
-        arr = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+        has_header = not all(_is_number(cell) for cell in header)
+        arr = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.float64, ndmin=2)
     except (OSError, ValueError, StopIteration) as exc:
-        raise DataFormatError(f"{path}: not a numeric CSV with one header row ({exc})") from exc
-    names = [h.strip() for h in header]
+        raise DataFormatError(
+            f"{path}: not a numeric CSV (one row per sample, comma-separated, optional header row) ({exc})"
+        ) from exc
+    names = [h.strip() for h in header] if has_header else []
     rate = fs
     if names and names[0].lower() in ("t", "time", "time_s", "timestamp"):
         t = arr[:, 0]

@@ -250,3 +250,23 @@ def test_mendeley_and_emgdb_values(root: Path, refs: list[RecordingRef]) -> None
     assert healthy.fs == 4000.0 and healthy.n_samples == 50860
     assert float(healthy.data.std()) == pytest.approx(81.6, abs=0.1)  # PROVENANCE: std 81.6 µV
     assert emgdb["emg_neuropathy"].label == "ALS"
+
+
+def test_csv_with_and_without_a_header_keeps_every_sample(tmp_path: Path) -> None:
+    rows = np.arange(12, dtype=np.float64).reshape(6, 2)
+    plain = tmp_path / "plain.csv"
+    np.savetxt(plain, rows, delimiter=",")
+    rec = read_recording(plain, fs=8000.0)
+    np.testing.assert_array_equal(rec.data, rows)  # the first row is a sample, not a header
+    assert rec.channels == ("ch1", "ch2")
+
+    named = tmp_path / "named.csv"
+    named.write_text("time,L,R\n" + "".join(f"{i / 8000},{a},{b}\n" for i, (a, b) in enumerate(rows)))
+    rec = read_recording(named)
+    np.testing.assert_array_equal(rec.data, rows)
+    assert rec.channels == ("L", "R") and rec.fs == pytest.approx(8000.0)
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("L,R\n1,2\n3,oops\n")
+    with pytest.raises(DataFormatError, match=r"broken\.csv: not a numeric CSV"):
+        read_recording(broken, fs=8000.0)
