@@ -20,8 +20,8 @@ from simulators.synth import EMGSimulator
 from streamemg.engine import EngineSettings
 from streamemg.model import untrained_bundle
 from streamemg.pipeline import Pipeline
-from streamemg.record.reader import RecordingReader
 from streamemg.record.format import DATA_FILE, INDEX_FILE
+from streamemg.record.reader import RecordingReader
 from streamemg.record.writer import RecordSink
 from streamemg.sinks.memory import MemorySink
 from streamemg.sources.memory import MemorySource

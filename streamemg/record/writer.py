@@ -72,13 +72,10 @@ from .format import (
     K_HEADER,
     K_STREAM,
     MAGIC,
-    SYNC,
     encode_chunk,
-    estimate_from_json,
     estimate_to_json,
     frame,
     json_bytes,
-    safe_name,
 )
 
 __all__ = ["RecordSettings", "RecordSink", "StreamCounts", "from_uri"]

@@ -22,9 +22,9 @@ from streamemg.engine import EngineSettings
 from streamemg.errors import ConfigError, SinkError, SourceURIError
 from streamemg.model import untrained_bundle
 from streamemg.pipeline import Pipeline
+from streamemg.record.format import DATA_FILE, INDEX_FILE, MAGIC, safe_name
 from streamemg.record.reader import RecordedSource, RecordingReader, export_hdf5
 from streamemg.record.reader import from_uri as recorded_from_uri
-from streamemg.record.format import DATA_FILE, INDEX_FILE, MAGIC, safe_name
 from streamemg.record.writer import RecordSettings, RecordSink
 from streamemg.sinks.base import SinkRunner, open_sink
 from streamemg.sinks.memory import MemorySink
