@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
     try:
-        from ..lsl.source import measure_ingest_latency
+        from ..lsl.latency import measure_ingest_latency
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from simulators import lsl_amp
-from streamemg.lsl.source import measure_ingest_latency
+from streamemg.lsl.latency import measure_ingest_latency
 from streamemg.sources.base import open_source
 from streamemg.types import Chunk, StreamInfo
 
