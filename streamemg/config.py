@@ -12,7 +12,7 @@ Example (see ``examples/run.toml``)::
 
     [engine]      # streamemg.engine.EngineSettings
     max_batch = 64
-    max_wait_ms = 5.0
+    max_wait_ms = 0.0             # event-driven; > 0 makes a lone window wait for company
 
     [pipeline]    # streamemg.pipeline.PipelineSettings
     hop_s = 0.25
