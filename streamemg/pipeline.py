@@ -655,6 +655,8 @@ class Pipeline:
                     fresh = getattr(source, "fresh", None)
                     if callable(fresh):  # a new, un-entered source with the same settings
                         old, source = source, fresh()
+                        if id(old) in self._site_of:  # the restarted source keeps its site calibration
+                            self._site_of[id(source)] = self._site_of.pop(id(old))
                         for state in self.streams.values():
                             if state.source is old:
                                 state.source = source

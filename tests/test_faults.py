@@ -471,6 +471,33 @@ async def test_a_live_source_that_fails_is_restarted_with_backoff_and_its_stream
     assert p.streams["flaky"].reconnects == 1
 
 
+class _NewStreamAfterRestart(_FlakyLive):
+    """Crashes like :class:`_FlakyLive`; its fresh copy announces a stream first seen after the restart."""
+
+    def fresh(self) -> MemorySource:
+        x = GOOD[: 8 * 400]
+
+        async def items() -> AsyncIterator[Any]:
+            yield StreamInfo("late", "late", FS, ("ch1",))
+            for k in range(8):
+                yield Chunk("late", x[k * 400 : (k + 1) * 400], np.arange(k * 400, (k + 1) * 400) / FS, k)
+                await asyncio.sleep(0.001)
+
+        fresh = MemorySource(items(), uri="memory:flaky", realtime=True)
+        self.made.append(fresh)
+        return fresh
+
+
+async def test_a_restarted_source_keeps_its_site_calibration(bundle) -> None:
+    made: list[Any] = []
+    n_freqs = bundle.config.features.n_freqs
+    site = torch.stack([torch.full((2, n_freqs), 2.0), torch.zeros(2, n_freqs)])
+    p, _ = await run([_NewStreamAfterRestart(30, RuntimeError("transport lost"), made)], bundle, sites=[site])
+    assert len(made) == 2 and p.source_restarts["memory:flaky"] == 1
+    assert p.streams["flaky"].site == 1
+    assert p.streams["late"].site == 1, "a stream first seen after the restart is calibrated like the others"
+
+
 async def test_a_live_source_with_an_error_a_restart_cannot_fix_is_given_up(bundle, good_alone) -> None:
     from streamemg.errors import ConfigError
 
