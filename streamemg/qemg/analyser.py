@@ -278,8 +278,6 @@ class QemgAnalyser:
         self._summary_offset = round(phase * self._summary_every)
         # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures)
         self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
-        # (channel, slot a, generation a, slot b, generation b) -> (a is time-locked to b, a's discharges then)
-        self._locked: dict[tuple[int, int, int, int, int], tuple[bool, int]] = {}
         self._fed = 0  # samples handed to blocks (caller side; the worker's count is detector.samples_seen)
         self._lock = threading.Lock()  # held by whoever analyses or measures (worker or caller)
         self._futures: collections.deque[Future[None]] = collections.deque()
@@ -418,6 +416,8 @@ class QemgAnalyser:
             times = ts.recent_times(int(j), oldest)
             if times.size < min(3, s.min_discharges):
                 continue
+            if float(np.ptp(ts.wave[j])) < s.min_snr * thr:  # too small to count (the baseline does not change it)
+                continue
             gen, count = int(ts.generation[j]), int(ts.count[j])
             hit = self._measured.get((c, int(j)))
             if hit is not None and hit[0] == gen and count < 1.1 * hit[1] + 1:
@@ -430,25 +430,14 @@ class QemgAnalyser:
                 continue
             cands.append((int(j), w, m, times))
         cands.sort(key=lambda x: -x[2].amplitude_uv)
-        kept: list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]] = []
+        # a template time-locked to a larger one is a second peak of that unit's potential, not a unit of its own
         lock = round(0.3e-3 * self.fs) + 1
-        span = self.detector.pre + self.detector.post
-        gens = ts.generation
-        for cand in cands:
-            locked = False
-            for k in kept:
-                key = (c, cand[0], int(gens[cand[0]]), k[0], int(gens[k[0]]))
-                lk = self._locked.get(key)
-                if lk is None or cand[3].size > 1.25 * lk[1] + 2:  # decided on much fewer discharges: again
-                    lk = (_time_locked(cand[3], k[3], span, lock), int(cand[3].size))
-                    self._locked[key] = lk
-                if lk[0]:
-                    locked = True
-                    break
-            if not locked:
-                kept.append(cand)
-        if len(self._locked) > 64 * self.settings.max_templates:  # forget pairs of slots long reused
-            self._locked.clear()
+        locked = _lock_matrix([x[3] for x in cands], self.detector.pre + self.detector.post, lock)
+        kept_idx: list[int] = []
+        for i in range(len(cands)):
+            if not any(locked[i, k] for k in kept_idx):
+                kept_idx.append(i)
+        kept = [cands[i] for i in kept_idx]
         out: list[UnitMeasures] = []
         for _, w, m, times in kept:
             t_s = times / self.fs
@@ -460,19 +449,51 @@ class QemgAnalyser:
         return out
 
 
-def _time_locked(small: npt.NDArray[np.int64], big: npt.NDArray[np.int64], span: int, lock: int) -> bool:
-    """True when most discharges of ``small`` sit at one fixed lag from a discharge of ``big``."""
-    if small.size == 0 or big.size == 0:
-        return False
-    pos = np.clip(np.searchsorted(big, small), 1, big.size - 1) if big.size > 1 else np.zeros(small.size, int)
-    lag_a = small - big[pos - 1] if big.size > 1 else small - big[0]
-    lag_b = small - big[pos] if big.size > 1 else lag_a
-    lag = np.where(np.abs(lag_a) <= np.abs(lag_b), lag_a, lag_b)
-    near = lag[np.abs(lag) <= span]
-    if near.size < 0.6 * small.size:
-        return False
-    med = float(np.median(near))
-    return bool(np.count_nonzero(np.abs(near - med) <= lock) >= 0.6 * small.size)
+def _lock_matrix(trains: list[npt.NDArray[np.int64]], span: int, lock: int) -> npt.NDArray[np.bool_]:
+    """``M[i, j]`` is True when most discharges of train ``i`` sit at one fixed lag from a discharge of train ``j``
+    (``i`` is then a second peak of ``j``'s potential); trains are increasing sample indices.
+
+    Each discharge of ``i`` is paired with the nearest discharge of ``j``; the pairs within ``span`` samples must be
+    at least 60% of train ``i``, and at least 60% of train ``i`` must lie within ``lock`` samples of their median
+    lag. Every pair of trains is decided in one pass: the trains are laid end to end on one axis, each shifted past
+    the previous one, so one ``searchsorted`` finds every discharge's nearest neighbour in every other train."""
+    k = len(trains)
+    sizes = np.array([t.size for t in trains], dtype=np.int64)
+    out = np.zeros((k, k), dtype=bool)
+    if k < 2 or np.count_nonzero(sizes) < 2:
+        return out
+    flat = np.concatenate(trains).astype(np.int64)
+    lo_t = int(flat.min())
+    stride = int(flat.max()) - lo_t + 2 * span + 2  # trains never overlap on the axis
+    shift = np.arange(k, dtype=np.int64) * stride
+    row = np.repeat(np.arange(k), sizes)  # the train of each discharge
+    axis = flat - lo_t + shift[row]
+    q = (flat - lo_t)[:, None] + shift[None, :]  # (N, K): every discharge against every train
+    pos = np.searchsorted(axis, q)
+    ends = np.cumsum(sizes)
+    first, last = ends - sizes, np.maximum(ends - 1, 0)
+    lag_l = q - axis[np.clip(pos - 1, first, last)]
+    lag_r = q - axis[np.clip(pos, first, last)]
+    lag = np.where(np.abs(lag_l) <= np.abs(lag_r), lag_l, lag_r)
+    near = (np.abs(lag) <= span) & (sizes > 0)[None, :]
+    near[np.arange(flat.size), row] = False  # a train against itself is not asked
+    starts = ends - sizes
+    used = np.flatnonzero(sizes)
+    n_near = np.add.reduceat(near, starts[used], axis=0)  # (K used, K)
+    need = 0.6 * sizes[used][:, None]
+    # the median near lag of each (train, train) pair: sort the lags within each train's rows (far lags last)
+    big = 4 * span + 4
+    key = np.where(near, lag, span + 1) + (row * big)[:, None]
+    srt = np.sort(key, axis=0) - (row * big)[:, None]
+    base = starts[used][:, None]
+    m = np.maximum(n_near, 1)
+    cols = np.arange(k)[None, :]
+    med = 0.5 * (srt[base + m // 2, cols] + srt[base + (m - 1) // 2, cols])
+    close = near & (np.abs(lag - med[np.searchsorted(used, row)]) <= lock)
+    n_close = np.add.reduceat(close, starts[used], axis=0)
+    out[used] = (n_near >= need) & (n_close >= need)
+    np.fill_diagonal(out, False)
+    return out
 
 
 def _kind(m: WaveformMeasures, t_s: F64, rate: float, cv: float, n_kept: int = 0) -> str:
