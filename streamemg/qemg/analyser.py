@@ -77,6 +77,9 @@ class QemgSettings:
         min_snr: a unit's amplitude must reach this multiple of the detection threshold (noise templates
             built from threshold crossings of the noise peak just above the threshold).
         match_rate_hz: the matching vector is subsampled to about this rate (cost; shapes are smooth).
+        pair_ms: superposition resolution: a candidate that matches no template, once the known discharges around
+            it are subtracted, is tried as the sum of two templates, the second up to this far (ms) from its peak;
+            0 turns both off.
         block_s: samples are gathered and analysed in blocks of this many seconds (each numpy call then works
             on a second of signal, so the per-call overhead is paid about once per second per stream).
         background: in the pipeline, live streams are analysed (and measured) in one worker thread shared by
@@ -105,6 +108,7 @@ class QemgSettings:
     min_discharges: int = 5
     min_snr: float = 1.6
     match_rate_hz: float = 12000.0
+    pair_ms: float = 4.0
     block_s: float = 2.0
     summary_every_s: float = 5.0
     background: bool = True
@@ -118,7 +122,7 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a positive number")
-        for name in ("min_uv", "k_noise", "min_snr"):
+        for name in ("min_uv", "k_noise", "min_snr", "pair_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a number >= 0")
@@ -260,7 +264,8 @@ class QemgAnalyser:
         ring = max(16, math.ceil(s.horizon_s * 60.0))  # room for 60 Hz over the whole horizon
         self.sets = [
             TemplateSet(pre + post, match_idx, max_templates=s.max_templates, ring=ring, n_cap=64, tol=s.tol,
-                        k_noise=s.k_noise, max_shift=self.detector.dead, pre=pre)
+                        k_noise=s.k_noise, max_shift=self.detector.dead, pre=pre,
+                        pair_shift=round(s.pair_ms * self.fs / 1000.0), shift_step=step, min_gap=round(0.015 * self.fs))
             for _ in range(self.n_channels)
         ]
         self.horizon = max(1, round(s.horizon_s * self.fs))

@@ -82,6 +82,7 @@ def waveform_measures(
     k_noise: float = 3.0,
     gap_ms: float = 1.5,
     turn_uv: float = TURN_UV,
+    smooth_ms: float = 0.5,
 ) -> WaveformMeasures:
     """Measure one baseline-corrected template.
 
@@ -93,6 +94,7 @@ def waveform_measures(
         k_noise: duration threshold as a multiple of ``noise_uv``.
         gap_ms: a stretch of baseline longer than this ends the potential.
         turn_uv: smallest excursion that counts as a turn, µV.
+        smooth_ms: boxcar over which the template is smoothed while following its ends out to the baseline.
     """
     w = np.asarray(template, dtype=np.float64)
     if w.size < 3:
@@ -114,6 +116,10 @@ def waveform_measures(
     which = int(np.searchsorted(ends, peak))
     which = min(which, starts.size - 1)
     onset, end = int(starts[which]), int(ends[which])
+    if thr > rel * amp:  # the noise hides the rel level: follow each end out to where it reaches the baseline
+        sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
+        onset = _to_baseline(sm, onset, -1, rel * amp)
+        end = _to_baseline(sm, end, 1, rel * amp)
     seg = w[onset : end + 1]
     duration = (end - onset) * 1000.0 / fs
     big = seg[np.abs(seg) >= thr]
@@ -131,6 +137,26 @@ def waveform_measures(
         end=end,
         initial_positive=bool(big.size and big[0] > 0),
     )
+
+
+def _smooth(w: F64, n: int) -> F64:
+    """Centred moving average over ``n`` samples (ends averaged over what there is)."""
+    if n <= 1:
+        return w
+    k = np.ones(n)
+    return np.asarray(np.convolve(w, k, "same") / np.convolve(np.ones(w.size), k, "same"), dtype=np.float64)
+
+
+def _to_baseline(sm: F64, start: int, step: int, level: float) -> int:
+    """From ``start`` (a sample clearly off the baseline), the last sample in direction ``step`` before the smoothed
+    template ``sm`` stops approaching the baseline: before it falls to ``level``, crosses zero or turns away again."""
+    path = sm[start::-1] if step < 0 else sm[start:]
+    if path.size < 2:
+        return start
+    mag = path * (1.0 if path[0] >= 0 else -1.0)  # distance from the baseline on the side the potential is on
+    stop = (mag[1:] < level) | (np.diff(mag) > 0)
+    k = int(np.argmax(stop)) if stop.any() else path.size - 1
+    return start + step * k
 
 
 def count_turns(x: npt.ArrayLike, min_uv: float) -> int:

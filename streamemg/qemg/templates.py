@@ -50,6 +50,9 @@ class TemplateSet:
         max_shift: int = 0,
         pre: int | None = None,
         max_new: int = 12,
+        pair_shift: int = 0,
+        shift_step: int = 1,
+        min_gap: int = 0,
     ) -> None:
         k = int(max_templates)
         self.k = k
@@ -73,10 +76,63 @@ class TemplateSet:
         self.max_new = int(max_new)
         self.dropped = 0  # candidates that matched nothing and seeded nothing
         self.generation = np.zeros(k, dtype=np.int64)  # bumps when a slot gets a new unit (measure caches key on it)
+        # superposition resolution (see the module docstring): the second unit of a pair may sit up to
+        # ``pair_shift`` samples from the candidate's peak; the first up to a quarter of that
+        seg_len = int(seg_len)
+        self.seg_len = seg_len
+        self.lock = np.zeros((k, k), dtype=bool)  # template pairs found time-locked (one potential, two peaks)
+        self.min_gap = int(min_gap)  # a unit's discharges closer than this are one discharge detected twice
+        self.pair_shift = 0
+        self.resolved = 0  # candidates explained as the sum of two templates
+        self.peeled = 0  # candidates matched once their known neighbours were subtracted
+        if pair_shift > 0 and pre is not None:
+            half = (int(self.match_idx.max()) - int(self.match_idx.min())) // 2
+            room = min(pre, seg_len - 1 - pre) - half
+            d = max(0, min(int(pair_shift), room // 2))
+            if d > 0:
+                self.pair_shift = d
+                step = max(1, int(shift_step))
+                self._wide = np.arange(pre - half - d, pre + half + d + 1, step, dtype=np.int64)  # (W,)
+                self._near = np.arange(-max(1, d // 4), max(1, d // 4) + 1, dtype=np.int64)  # first unit's shifts
+                self._coarse_step = max(1, step)
+                self._far = np.arange(-d, d + 1, self._coarse_step, dtype=np.int64)  # second unit's, coarse
+        # matched discharges of the previous block that reach into this block's segments (time, slot, generation)
+        self._prev = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     # ------------------------------------------------------------------ assignment
+    def _match_rows(self, segments: F64, times: I64, label: I64, allow_noise: float) -> None:
+        """Match every row of ``segments`` against the templates, as aligned and then re-aligned on its other peak
+        (steps 1 and 2 of the module docstring); writes ``label`` and re-aligns matched rows in place."""
+        e = times.size
+        s = segments[:, self.match_idx]  # (E, m)
+        d = (s * s).sum(axis=1)[:, None] - 2.0 * _products(s, self.match) + self.norm2[None, :]
+        d[:, ~self.active] = np.inf
+        best = np.argmin(d, axis=1)
+        ok = d[np.arange(e), best] < self.tol * self.norm2[best] + allow_noise
+        label[ok] = best[ok]
+        # the rest shifted by up to max_shift (the same unit aligned on another of its peaks: |x| peaks of similar
+        # size swap between discharges), again all at once
+        rest = np.flatnonzero(~ok)
+        if rest.size and self.max_shift and self.pre is not None:
+            # re-align on the largest peak of the other polarity within max_shift (one try per candidate)
+            p0, w = self.pre, self.max_shift
+            span = segments[rest, p0 - w : p0 + w + 1]
+            up = segments[rest, p0] > 0
+            alt = np.where(up, np.argmin(span, axis=1), np.argmax(span, axis=1)) - w
+            win = segments[rest[:, None], self.match_idx[None, :] + alt[:, None]]  # (U, m)
+            d2 = (win * win).sum(axis=1)[:, None] - 2.0 * _products(win, self.match) + self.norm2[None, :]
+            d2[:, ~self.active] = np.inf
+            j = np.argmin(d2, axis=1)
+            good = (d2[np.arange(rest.size), j] < self.tol * self.norm2[j] + allow_noise) & (alt != 0)
+            if good.any():
+                rows, delta = rest[good], alt[good]
+                segments[rows] = _shifted_rows(segments[rows], delta)
+                times[rows] += delta
+                label[rows] = j[good]
+
     def assign(self, times: I64, segments: F64, noise_uv: float) -> I64:
-        """Assign candidates to templates (creating templates as needed); the template of each, (E,), -1 if none."""
+        """Assign candidates to templates (creating templates as needed); the template of each, (E,), -1 if none
+        (-2: explained as the sum of two templates, each of which is credited with a discharge)."""
         e = times.size
         if e == 0:
             return np.zeros(0, dtype=np.int64)
@@ -84,42 +140,41 @@ class TemplateSet:
         times = np.array(times, dtype=np.int64)
         allow_noise = self.k_noise * self.match_idx.size * noise_uv * noise_uv
         label = np.full(e, -1, dtype=np.int64)
+        pair_t = np.zeros(0, dtype=np.int64)
+        pair_lab = np.zeros(0, dtype=np.int64)
         if self.active.any():
-            # 1) as aligned, all candidates against all templates in one product
-            s = segments[:, self.match_idx]  # (E, m)
-            d = (s * s).sum(axis=1)[:, None] - 2.0 * _products(s, self.match) + self.norm2[None, :]
-            d[:, ~self.active] = np.inf
-            best = np.argmin(d, axis=1)
-            ok = d[np.arange(e), best] < self.tol * self.norm2[best] + allow_noise
-            label[ok] = best[ok]
-            # 2) the rest shifted by up to max_shift (the same unit aligned on another of its peaks: |x| peaks
-            # of similar size swap between discharges), again all at once
-            rest = np.flatnonzero(~ok)
-            if rest.size and self.max_shift and self.pre is not None:
-                # re-align on the largest peak of the other polarity within max_shift (one try per candidate)
-                p0, w = self.pre, self.max_shift
-                span = segments[rest, p0 - w : p0 + w + 1]
-                up = segments[rest, p0] > 0
-                alt = np.where(up, np.argmin(span, axis=1), np.argmax(span, axis=1)) - w
-                win = segments[rest[:, None], self.match_idx[None, :] + alt[:, None]]  # (U, m)
-                d2 = (win * win).sum(axis=1)[:, None] - 2.0 * _products(win, self.match) + self.norm2[None, :]
-                d2[:, ~self.active] = np.inf
-                j = np.argmin(d2, axis=1)
-                good = (d2[np.arange(rest.size), j] < self.tol * self.norm2[j] + allow_noise) & (alt != 0)
-                if good.any():
-                    rows, delta = rest[good], alt[good]
-                    segments[rows] = _shifted_rows(segments[rows], delta)
-                    times[rows] += delta
-                    label[rows] = j[good]
+            # 1-2) as aligned, then re-aligned on the other peak: all candidates against all templates at once
+            self._match_rows(segments, times, label, allow_noise)
+            if self.pair_shift:
+                # 3) peel: subtract the templates of the known discharges around each candidate (this block's
+                # matches and the previous block's last ones), then match what was left unmatched again. The
+                # cleaned segments also feed the running means, so other units do not blur a template.
+                segments -= self._neighbours(times, label)
+                rest = np.flatnonzero(label < 0)
+                if rest.size:
+                    sub, sub_t, sub_lab = segments[rest], times[rest], np.full(rest.size, -1, dtype=np.int64)
+                    self._match_rows(sub, sub_t, sub_lab, allow_noise)
+                    segments[rest], times[rest], label[rest] = sub, sub_t, sub_lab
+                    self.peeled += int(np.count_nonzero(sub_lab >= 0))
+                # 4) superpositions: what still matches nothing is tried as the sum of two templates at shifts
+                rest = np.flatnonzero(label < 0)
+                if rest.size:
+                    ok, a_t, a_lab, b_t, b_lab = self._pairs(segments[rest], times[rest], noise_uv)
+                    if ok.any():
+                        label[rest[ok]] = -2
+                        pair_t = np.concatenate([a_t, b_t])
+                        pair_lab = np.concatenate([a_lab, b_lab])
+                        self.resolved += int(np.count_nonzero(ok))
         matched = label >= 0
-        # 3) shapes never seen: greedy seeding, all at once per seed. The largest unmatched candidate seeds a new
+        # 5) shapes never seen: greedy seeding, all at once per seed. The largest unmatched candidate seeds a new
         # template; every unmatched candidate close to it joins; repeat up to ``max_new`` times per block. What
-        # is left (superpositions, noise) is dropped: a real unit comes back and is caught in a later block.
+        # is left (superpositions of unknown units, noise) is dropped: a real unit comes back later.
         protected = np.zeros(self.k, dtype=bool)
         protected[label[matched]] = True  # slots matched in this block are not given up
+        protected[pair_lab] = True
         new_slots: list[int] = []
         loop_n: dict[int, int] = {}
-        left = np.flatnonzero(~matched)
+        left = np.flatnonzero(label == -1)
         for n_done, i in enumerate(left):
             if len(new_slots) >= self.max_new:
                 left = left[n_done:]
@@ -143,6 +198,8 @@ class TemplateSet:
             self.last_seen[j] = 0
             self.active[j] = True
             self.generation[j] += 1
+            self.lock[j, :] = False
+            self.lock[:, j] = False
             self._refresh(j)
             new_slots.append(j)
             loop_n[j] = 1
@@ -151,32 +208,164 @@ class TemplateSet:
             left = left[:0]
         self.dropped += int(left.size)
         valid = label >= 0
-        if not valid.any():
+        if self.pair_shift:
+            self._keep_recent(np.concatenate([times[valid], pair_t]), np.concatenate([label[valid], pair_lab]))
+        if not valid.any() and not pair_t.size:
             self.version += 1
             return label
-        segments, times, lab_all = segments[valid], times[valid], label[valid]
-        e = lab_all.size
-        # 4) every template's update in one go: running mean (exponential past n_cap) and the discharge ring
-        fresh = np.zeros(self.k, dtype=bool)
-        fresh[new_slots] = True
-        order = np.argsort(lab_all, kind="stable")
-        lab = lab_all[order]
+        # 6) every template's update in one go: running mean (exponential past n_cap) over the single matches, and
+        # the discharge ring over them and the resolved superpositions
+        if valid.any():
+            segs, lab_all = segments[valid], label[valid]
+            fresh = np.zeros(self.k, dtype=bool)
+            fresh[new_slots] = True
+            order = np.argsort(lab_all, kind="stable")
+            lab = lab_all[order]
+            touched, first_idx, k = np.unique(lab, return_index=True, return_counts=True)
+            sums = np.add.reduceat(segs[order], first_idx, axis=0)
+            n_prev = np.minimum(self.count[touched], self.n_cap)
+            # a new slot takes the mean of its members in this block as they are (a = 1)
+            a = np.where(fresh[touched], 1.0, k / (n_prev + k))
+            self.wave[touched] += a[:, None] * (sums / k[:, None] - self.wave[touched])
+            self.count[touched] += k
+            self.match[touched] = self.wave[touched][:, self.match_idx]
+            self.norm2[touched] = (self.match[touched] ** 2).sum(axis=1)
+        ring_t = np.concatenate([times[valid], pair_t])
+        ring_lab = np.concatenate([label[valid], pair_lab])
+        order = np.lexsort((ring_t, ring_lab))  # by slot, then time
+        lab, tt = ring_lab[order], ring_t[order]
         touched, first_idx, k = np.unique(lab, return_index=True, return_counts=True)
-        sums = np.add.reduceat(segments[order], first_idx, axis=0)
-        n_prev = np.minimum(self.count[touched], self.n_cap)
-        # a new slot takes the mean of its members in this block as they are (a = 1)
-        a = np.where(fresh[touched], 1.0, k / (n_prev + k))
-        self.wave[touched] += a[:, None] * (sums / k[:, None] - self.wave[touched])
-        self.count[touched] += k
-        rank = np.arange(e) - np.repeat(first_idx, k)
+        rank = np.arange(lab.size) - np.repeat(first_idx, k)
         pos = (self.n_times[lab] + rank) % self.ring
-        self.times[lab, pos] = times[order]
+        self.times[lab, pos] = tt
         self.n_times[touched] += k
-        np.maximum.at(self.last_seen, lab, times[order])
-        self.match[touched] = self.wave[touched][:, self.match_idx]
-        self.norm2[touched] = (self.match[touched] ** 2).sum(axis=1)
+        np.maximum.at(self.last_seen, lab, tt)
         self.version += 1
         return label
+
+    # ------------------------------------------------------------------ superpositions
+    def _keep_recent(self, t: I64, lab: I64) -> None:
+        """Remember this block's known discharges that can reach into the next block's segments."""
+        if t.size == 0:
+            self._prev = (t, lab, lab)
+            return
+        keep = t > int(t.max()) - self.seg_len
+        self._prev = (t[keep], lab[keep], self.generation[lab[keep]])
+
+    def _neighbours(self, times: I64, label: I64) -> F64:
+        """(E, L): the sum of the templates of the known discharges that overlap each candidate's segment."""
+        e, n = times.size, self.seg_len
+        out = np.zeros((e, n))
+        pt, pl, pg = self._prev
+        live = self.active[pl] & (self.generation[pl] == pg)
+        mine = np.flatnonzero(label >= 0)
+        kt = np.concatenate([pt[live], times[mine]])
+        kl = np.concatenate([pl[live], label[mine]])
+        ki = np.concatenate([np.full(int(live.sum()), -1, dtype=np.int64), mine])
+        if kt.size == 0:
+            return out
+        order = np.argsort(kt, kind="stable")
+        kt, kl, ki = kt[order], kl[order], ki[order]
+        lo = np.searchsorted(kt, times - n + 1)
+        hi = np.searchsorted(kt, times + n)
+        cnt = hi - lo
+        total = int(cnt.sum())
+        if total == 0:
+            return out
+        row = np.repeat(np.arange(e), cnt)
+        j = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+        lag = kt[j] - times[row]  # the neighbour's peak sits at pre + lag in the candidate's segment
+        # not the candidate itself, nor another detection of the same unit within a double-detection interval,
+        # nor a template too young to be a unit's shape yet
+        keep = (ki[j] != row) & ((kl[j] != label[row]) | (np.abs(lag) >= self.min_gap)) & (self.count[kl[j]] >= 5)
+        row, j, lag = row[keep], j[keep], lag[keep]
+        # a neighbour whose template holds a copy of the candidate's own template where the candidate sits is
+        # the same potential seen from another of its peaks (two templates time-locked): subtracting it would
+        # take the candidate's own potential away
+        mine_lab = label[row]
+        known = mine_lab >= 0
+        if known.any():
+            # time-locked template pairs (peaks of one potential): in this block most discharges of the rarer of
+            # the two templates have one of the other within a quarter of a segment (independent units at 15 Hz:
+            # about 30% by chance)
+            k = self.k
+            a, b = mine_lab[known], kl[j[known]]
+            close = np.abs(lag[known]) <= self.seg_len // 4
+            n_ab = np.bincount((a * k + b)[close], minlength=k * k)
+            per = np.bincount(label[label >= 0], minlength=k)
+            n_min = np.minimum(per[:, None], per[None, :]).reshape(-1)
+            now = (n_ab >= 3) & (n_ab >= 0.7 * n_min)
+            if now.any():
+                now2 = now.reshape(k, k)
+                self.lock |= now2 | now2.T
+            locked_pair = self.lock[a, b]
+            drop0 = np.zeros(row.size, dtype=bool)
+            drop0[np.flatnonzero(known)[locked_pair]] = True
+            row, j, lag = row[~drop0], j[~drop0], lag[~drop0]
+            mine_lab = label[row]
+            known = mine_lab >= 0
+        if known.any():
+            m = self.match_idx
+            at = m[None, :] - lag[known, None]
+            inside = (at >= 0) & (at < n)
+            cop = np.where(inside, self.wave[kl[j[known]][:, None], np.clip(at, 0, n - 1)], 0.0)
+            own = self.match[mine_lab[known]]
+            cc = (cop * own).sum(axis=1)
+            same = cc > 0.7 * np.sqrt((cop * cop).sum(axis=1) * self.norm2[mine_lab[known]])
+            drop = np.zeros(row.size, dtype=bool)
+            drop[np.flatnonzero(known)[same]] = True
+            row, j, lag = row[~drop], j[~drop], lag[~drop]
+        if row.size == 0:
+            return out
+        shifted = _shifted_rows(self.wave[kl[j]], -lag)
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        out[row[starts]] = np.add.reduceat(shifted, starts, axis=0)
+        return out
+
+    def _pairs(self, segs: F64, times: I64, noise_uv: float) -> tuple[npt.NDArray[np.bool_], I64, I64, I64, I64]:
+        """Explain each segment (U, L) as the sum of two different templates at shifts (vectorised over templates
+        and shifts): the first within a quarter of ``pair_shift`` of the aligning peak, the second within
+        ``pair_shift`` (coarse grid, then refined), each chosen by least squares over the wide window. Returns
+        (accepted (U,), first unit's times, slots, second unit's times, slots) for the accepted rows."""
+        u = segs.shape[0]
+        empty = np.zeros(0, dtype=np.int64)
+        act = np.flatnonzero(self.active & (self.count >= 3))
+        if act.size < 2:
+            return np.zeros(u, dtype=bool), empty, empty, empty, empty
+        wide = self._wide
+        x = segs[:, wide]  # (U, W)
+        wave = self.wave[act]
+        rows = np.arange(u)
+
+        def fit(r: F64, shifts: I64, skip: I64 | None) -> tuple[I64, I64, F64]:
+            tpl = wave[:, wide[None, :] - shifts[:, None]]  # (K, S, W): template k moved by shift s
+            en = np.einsum("ksw,ksw->ks", tpl, tpl)
+            sc = 2.0 * _products(r, tpl.reshape(-1, wide.size)).reshape(u, act.size, shifts.size) - en[None]
+            if skip is not None:
+                sc[rows, skip, :] = -np.inf
+            flat = np.argmax(sc.reshape(u, -1), axis=1)
+            k, si = np.divmod(flat, shifts.size)
+            return k, shifts[si], tpl[k, si]
+
+        ka, sa, ta = fit(x, self._near, None)
+        r1 = x - ta
+        kb, sb, _ = fit(r1, self._far, ka)
+        if self._coarse_step > 1:  # refine the second shift around the coarse best
+            fine = sb[:, None] + np.arange(-self._coarse_step + 1, self._coarse_step, dtype=np.int64)[None, :]
+            fine = np.clip(fine, -self.pair_shift, self.pair_shift)
+            cand = wave[kb[:, None, None], wide[None, None, :] - fine[:, :, None]]  # (U, F, W)
+            sc = 2.0 * np.einsum("uw,ufw->uf", r1, cand) - np.einsum("ufw,ufw->uf", cand, cand)
+            best = np.argmax(sc, axis=1)
+            sb = fine[rows, best]
+        tb = wave[kb[:, None], wide[None, :] - sb[:, None]]
+        r2 = r1 - tb
+        res1 = np.einsum("uw,uw->u", r1, r1)
+        res2 = np.einsum("uw,uw->u", r2, r2)
+        ea = np.einsum("uw,uw->u", ta, ta)
+        eb = np.einsum("uw,uw->u", tb, tb)
+        allow = self.k_noise * wide.size * noise_uv * noise_uv
+        ok = (res2 < self.tol * (ea + eb) + allow) & (eb > allow) & (res2 < 0.5 * res1)
+        return ok, times[ok] + sa[ok], act[ka[ok]], times[ok] + sb[ok], act[kb[ok]]
 
     def _free_slot(self, protected: npt.NDArray[np.bool_]) -> int:
         free = np.flatnonzero(~self.active & ~protected)
@@ -209,7 +398,7 @@ class TemplateSet:
         else:
             start = n % self.ring
             t = np.concatenate([self.times[j, start:], self.times[j, :start]])
-        return t[t >= oldest]
+        return np.sort(t[t >= oldest])  # resolved superpositions may enter the ring a little out of order
 
 
 def _products(a: F64, b: F64) -> F64:
