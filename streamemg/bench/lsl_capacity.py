@@ -153,6 +153,10 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- one run
 
 
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values.size else None
+
+
 async def _start_fleet(n: int, stream_type: str, fs: float, chunk_ms: float) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamemg.bench.lsl_capacity", "--count", str(n), "--type", stream_type,
@@ -220,11 +224,11 @@ async def run_lsl_realtime(
     stream_type = f"EMGcap{uuid.uuid4().hex[:8]}"
     uri = f"lsl:type={stream_type}" + (f"?{source_params}" if source_params else "")
     delay_s = Resampler(fs, bundle.config.fs, 1).delay_s + 1.0 / fs
-    published: list[tuple[float, float, str]] = []
+    published: list[tuple[float, float, str, float]] = []
 
     def on_estimate(est: Estimate) -> None:
         now = time.monotonic()
-        published.append((now, now - (est.time + delay_s), est.stream_id))
+        published.append((now, now - (est.time + delay_s), est.stream_id, est.latency_ms))
 
     proc = await _start_fleet(n_streams, stream_type, fs, chunk_ms)
     source = LSLSource(uri, parse_uri(uri))
@@ -254,9 +258,13 @@ async def run_lsl_realtime(
             await asyncio.wait_for(task, 30.0)
         except TimeoutError:
             task.cancel()
-    rows = [(t, lat, sid) for t, lat, sid in published if m0 <= t <= m1]
+    rows = [r for r in published if m0 <= r[0] <= m1]
     lat = np.asarray([r[1] for r in rows]) * 1000.0
-    classified = len({sid for _, _, sid in published})
+    # the two halves of the latency: due -> arrival in the pipeline (the outlets' lateness, liblsl, the source's
+    # pulls and hand-off) and arrival -> published (ingest, the engine's queue and batch, the estimate)
+    inside = np.asarray([r[3] for r in rows])
+    before = lat - inside
+    classified = len({r[2] for r in published})
     hop_s = bundle.config.hop_samples / bundle.config.fs
     expected = int(n_streams * (m1 - m0) / hop_s)
     p50 = float(np.percentile(lat, 50)) if lat.size else math.nan
@@ -282,6 +290,10 @@ async def run_lsl_realtime(
         "latency_ms_p50": round(p50, 2),
         "latency_ms_p99": round(p99, 2),
         "latency_ms_max": round(float(lat.max()), 2) if lat.size else None,
+        "to_pipeline_ms_p50": _pct(before, 50),
+        "to_pipeline_ms_p99": _pct(before, 99),
+        "in_pipeline_ms_p50": _pct(inside, 50),
+        "in_pipeline_ms_p99": _pct(inside, 99),
         "cpu": round((c1 - c0) / (m1 - m0), 3) if m1 > m0 else None,
         "batch_mean": round(float(stats.batch_mean), 2) if stats else None,
         "dropped_windows": int(sum(s.dropped_windows for s in pipe.streams.values())),

@@ -23,9 +23,13 @@ How it works
   (``proc_clocksync | proc_dejitter | proc_monotonize``). Opening (connect, full description, the first
   clock-offset estimate, which takes about 0.6 s) runs on a small pool off the event loop, so a new stream
   never delays the ones already flowing.
-* One poll task pulls every inlet every ``poll_ms`` in one off-loop call (:class:`~streamemg.lsl.executor.LSLExecutor`):
-  ``pull_chunk(timeout=0.0, max_samples=bounded, dest_obj=preallocated)``: it returns at once with what has
-  arrived, nothing waits inside liblsl, and no memory is allocated for the samples besides the Chunk itself.
+* One poll task pulls every inlet every ``poll_ms`` (adaptive: see :class:`LSLSourceSettings`) on the event
+  loop itself: ``pull_chunk(timeout=0.0, max_samples=bounded, dest_obj=preallocated)`` through liblsl's C call
+  with its arguments built once and *without releasing the GIL*: it returns at once with what has arrived
+  (about 1.3 µs for an empty pull), nothing waits inside liblsl, and no memory is allocated for the samples
+  besides the Chunk itself. (A pull thread was measured to lose to the GIL: every foreign call released it, and
+  taking it back while the loop was busy waited up to the interpreter's 5 ms switch interval, so a pass over 64
+  inlets took 0.1 ms idle but 280 ms p99 next to a busy thread; see docs/performance.md.)
 * Channel labels, types and units come from ``desc/channels/channel``; values are converted to µV
   (V, mV, µV, nV and the power-of-ten codes); a missing or non-voltage unit is taken as µV and noted in
   ``StreamInfo.meta``.
@@ -33,10 +37,11 @@ How it works
   stream is shown as ``RECONNECTING``; when an outlet with the same ``source_id`` appears again a fresh
   inlet is opened (fresh clock/dejitter state) and the stream goes on under the same stream id, without a
   restart. A changed rate or channel count is announced with a new StreamInfo.
-* Startup at any count: listing the streams, opening inlets and pulling run on three separate thread pools
+* Startup at any count: listing the streams and opening inlets run on two separate thread pools
   (:class:`~streamemg.lsl.executor.LSLExecutor`, whose timeouts count only the call itself), so a hundred
-  outlets appearing at once never make the listing time out behind the opens. A stream whose inlet cannot
-  be opened yet is said once (a warning), shown as ``CONNECTING`` and retried with backoff.
+  outlets appearing at once never make the listing time out behind the opens, and neither delays the pulls.
+  A stream whose inlet cannot be opened yet is said once (a warning), shown as ``CONNECTING`` and retried with
+  backoff.
 * The source never gives up by itself: when the resolver or the pull loop fails (a liblsl error, a call that
   does not return), it is logged and restarted with backoff while the streams already open keep flowing.
   Only a problem that a retry cannot fix (a stream named explicitly that cannot be classified, a channel
@@ -270,8 +275,11 @@ class _InletReader:
     pylsl's ``pull_chunk`` builds its ctypes arguments and a timestamp array on every call (about 15 µs); with
     hundreds of inlets polled every few milliseconds that was the largest single cost of LSL ingest. Here the
     arguments (the inlet handle, pointers to the preallocated sample and timestamp buffers, their sizes, a zero
-    timeout and the error code) are made once per inlet, so a pull is one foreign call. Where pylsl does not
-    expose its per-format C function (other versions), the reader falls back to ``pull_chunk``.
+    timeout and the error code) are made once per inlet, so a pull is one foreign call. That call goes through a
+    GIL-holding twin of pylsl's function (:func:`_gil_holding`): with a zero timeout it never waits, and releasing
+    the GIL for a microsecond of C only invites a wait of up to the interpreter's switch interval to get it back.
+    Where pylsl does not expose its per-format C function (other versions), the reader falls back to
+    ``pull_chunk``.
 
     Attributes:
         buf: ``(max_samples, stream channels)`` samples in the stream's dtype (overwritten by every pull).
@@ -290,7 +298,7 @@ class _InletReader:
         fn = getattr(inlet, "do_pull_chunk", None)
         obj = getattr(inlet, "obj", None)
         usable = fn is not None and obj is not None and getattr(inlet, "np_dtype", None) == buf.dtype
-        self._fn = fn if usable else None
+        self._fn = _gil_holding(fn) if usable else None
         self._args = (
             (obj, ctypes.c_void_p(buf.ctypes.data), ctypes.c_void_p(self.ts.ctypes.data), ctypes.c_size_t(buf.size),
              ctypes.c_size_t(buf.shape[0]), ctypes.c_double(0.0), ctypes.byref(self._err))
@@ -315,6 +323,36 @@ class _InletReader:
             code, self._err.value = self._err.value, 0
             self._handle_error(code)
         return int(values) // self._channels
+
+
+_GIL_HOLDING: dict[str, Any] = {}
+
+
+def _gil_holding(fn: Any) -> Any:
+    """The same liblsl function as pylsl's ``fn`` (a ``ctypes.CDLL`` function), called without releasing the GIL.
+
+    The library is opened a second time as a ``ctypes.PyDLL``: ``dlopen`` returns the handle already loaded, so
+    the function and every handle pylsl made are the same; only the call convention of ctypes differs (PyDLL keeps
+    the GIL). Used for non-waiting calls only (pulls with a zero timeout). Falls back to ``fn`` itself when the
+    library cannot be found this way.
+    """
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        return fn
+    twin = _GIL_HOLDING.get(name)
+    if twin is None:
+        try:
+            from pylsl import lib as pylsl_lib
+
+            path = pylsl_lib.lib._name
+            twin = getattr(ctypes.PyDLL(path), name)
+        except (ImportError, AttributeError, OSError) as exc:
+            log.debug("liblsl's %s stays GIL-releasing (%s)", name, exc)
+            return fn
+        twin.restype = fn.restype
+        twin.argtypes = fn.argtypes
+        _GIL_HOLDING[name] = twin
+    return twin
 
 
 #: (stream, inlet, plan, reader): what one pull needs, captured together on the loop
@@ -391,7 +429,6 @@ class LSLSource:
         self._ready: collections.deque[Chunk] = collections.deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._open_tasks: set[asyncio.Task[None]] = set()
-        self._puller: LSLExecutor | None = None
         self._lister: LSLExecutor | None = None
         self._control: LSLExecutor | None = None
         self._resolver: Any = None
@@ -424,8 +461,7 @@ class LSLSource:
         self._entered = True
         self._queue = asyncio.Queue(maxsize=self.settings.queue_size)
         tag = uuid.uuid4().hex[:6]
-        # three pools, so that listing, opening and pulling never wait for one another
-        self._puller = LSLExecutor(f"lsl-pull-{tag}", 1)
+        # two pools, so that listing and opening never wait for one another (pulls run on the loop: _poll_loop)
         self._lister = LSLExecutor(f"lsl-list-{tag}", 1)
         self._control = LSLExecutor(f"lsl-open-{tag}", self.settings.open_workers)
         self._tasks = [
@@ -463,7 +499,7 @@ class LSLSource:
             except Exception as exc:  # closing must not hide the reason we are closing
                 log.debug("closing LSL inlets: %s", exc)
         holder.clear()
-        for ex in (self._puller, self._lister, self._control):
+        for ex in (self._lister, self._control):
             if ex is not None:
                 ex.close()
         if self._queue is not None:
@@ -844,13 +880,13 @@ class LSLSource:
 
     # ------------------------------------------------------------------ pulling
     @staticmethod
-    def _pull_blocking(
+    def _pull_pass(
         batch: list[_PullJob], max_pulls: int, lost_error: type[BaseException]
     ) -> list[tuple[_Stream, Any, list[tuple[np.ndarray, np.ndarray]], BaseException | None]]:
-        """Pull everything available from each inlet (never waits: timeout 0). Runs in the pull thread.
+        """Pull everything available from each inlet (never waits: timeout 0). Runs on the event loop.
 
-        Each job carries the inlet with the plan and buffer that belong to it (captured on the loop), so a
-        reconnection that swaps the stream's inlet meanwhile can never pair an inlet with a foreign buffer.
+        Each job carries the inlet with the plan and buffer that belong to it, so a reconnection that swaps the
+        stream's inlet meanwhile can never pair an inlet with a foreign buffer.
         """
         results: list[tuple[_Stream, Any, list[tuple[np.ndarray, np.ndarray]], BaseException | None]] = []
         for stream, inlet, plan, reader in batch:
@@ -875,7 +911,6 @@ class LSLSource:
 
     async def _poll_loop(self) -> None:
         s = self.settings
-        assert self._puller is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
@@ -886,14 +921,9 @@ class LSLSource:
                 if st.inlet is not None and st.reader is not None
             ]
             if batch:
-                results = await self._puller.call(
-                    self._pull_blocking,
-                    batch,
-                    s.max_pulls,
-                    self._lost_error,
-                    timeout_s=s.call_timeout_s,
-                    what="pulling LSL samples",
-                )
+                # on the loop, not in a thread: zero-timeout pulls never wait, and a thread would pay a GIL
+                # hand-off per pull (module docstring)
+                results = self._pull_pass(batch, s.max_pulls, self._lost_error)
                 del batch
                 now = self.clock()
                 lost: list[tuple[_Stream, BaseException]] = []
