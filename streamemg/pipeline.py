@@ -51,6 +51,7 @@ from .estimates import (
 )
 from .model import ModelBundle
 from .qemg.analyser import QemgAnalyser, QemgSettings
+from .qemg.service import RemoteQemg
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
@@ -211,15 +212,16 @@ class StreamState:
         self._level_sumsq = 0.0
         self._level_count = 0
         self._level_per_bin = max(1, round(settings.level_bin_s * info.fs))
-        # -- QEMG (streamemg.qemg): runs once per flushed block (at most one hop) on the native-rate samples,
-        # with its own MUAP-analysis filter; summarised once per estimate
+        # -- QEMG (streamemg.qemg): fed every flushed block (at most one hop) of native-rate samples, analysed with
+        # its own MUAP-analysis filter in exact blocks; estimates carry its latest measurement
         phase = (zlib.crc32(info.stream_id.encode()) % 997) / 997.0  # streams' QEMG work falls due at different hops
-        live = bool(getattr(source, "realtime", True))  # live: off the event loop; files at full speed: inline
-        self.qemg = (
-            QemgAnalyser(info.fs, c, settings.qemg, phase, background=settings.qemg.background and live)
-            if settings.qemg.enabled
-            else None
-        )
+        live = bool(getattr(source, "realtime", True))  # live: in the QEMG process; files at full speed: inline
+        self.qemg: QemgAnalyser | RemoteQemg | None = None
+        if settings.qemg.enabled:
+            if settings.qemg.background and live:
+                self.qemg = RemoteQemg(info.fs, c, settings.qemg, phase)
+            else:
+                self.qemg = QemgAnalyser(info.fs, c, settings.qemg, phase)
 
     # ---------------------------------------------------------------- ingest
     def accept_seq(self, chunk: Chunk) -> bool:

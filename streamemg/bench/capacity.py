@@ -23,6 +23,8 @@ from ..engine import (
 from ..errors import ConfigError
 from ..model import ModelBundle
 from ..pipeline import Pipeline, PipelineSettings
+from ..qemg.service import RemoteQemg
+from ..qemg.service import child_cpu_s as qemg_child_cpu_s
 from ..sources.base import GeneratorSource
 from ..types import Chunk, Estimate, SourceItem, StreamInfo
 from .common import (
@@ -40,7 +42,7 @@ class SourceStats:
 
     ticks: int = 0
     lateness: list[float] = field(default_factory=list)
-    marks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    marks: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 class BenchSource(GeneratorSource):
@@ -104,7 +106,7 @@ class BenchSource(GeneratorSource):
         return self.n_ticks - self.starts[i]
 
     def _mark(self, name: str) -> None:
-        self.stats.marks[name] = (self.clock(), time.process_time(), time.thread_time())
+        self.stats.marks[name] = (self.clock(), time.process_time(), time.thread_time(), qemg_child_cpu_s())
 
     async def _items(self) -> AsyncIterator[SourceItem]:
         n, c, fs = self.n_streams, self.chunk, self.fs
@@ -163,6 +165,8 @@ class RealtimeResult:
     lateness_ms_end: float
     cpu: float
     loop_cpu: float
+    qemg_cpu: float
+    qemg_analysed: float
     batch_mean: float
     batch_max: int
     engine_busy: float
@@ -179,8 +183,21 @@ class RealtimeResult:
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
-            out[k] = round(v, 3) if isinstance(v, float) and math.isfinite(v) else v
+            if isinstance(v, float):
+                v = round(v, 3) if math.isfinite(v) else None  # strict JSON: no NaN
+            out[k] = v
         return out
+
+
+def _qemg_share(pipe: Pipeline) -> float:
+    """Share of the live streams' QEMG blocks the QEMG process analysed (NaN when none went there)."""
+    remote = [st.qemg for st in pipe.streams.values() if isinstance(st.qemg, RemoteQemg)]
+    total = sum(q.sent_blocks + q.dropped_blocks for q in remote)
+    if not total:
+        return math.nan
+    for q in remote:
+        q.wait_idle(5.0)  # blocks still in flight at the end are not lost
+    return sum(q.analysed_blocks for q in remote) / total
 
 
 async def run_realtime(
@@ -202,7 +219,9 @@ async def run_realtime(
     The run keeps up when no window was dropped, every window got its estimate, the source was less than
     ``p99_limit_ms`` late over its last second (no backlog) and the p99 latency (due time of a window's last
     sample -> estimate published) is below ``p99_limit_ms``. CPU use is process CPU time / wall time over the
-    measured segment (after ``warmup_s``), in cores; ``loop_cpu`` the event-loop thread's share.
+    measured segment (after ``warmup_s``), in cores; ``loop_cpu`` the event-loop thread's share; ``qemg_cpu`` the
+    QEMG process's (live streams' MUAP analysis, at lower priority) and ``qemg_analysed`` the share of the streams'
+    QEMG blocks it analysed (the rest it was too far behind for, and dropped).
     """
     chunk = max(1, round(chunk_ms * fs / 1000.0))
     clock = monotonic
@@ -269,6 +288,8 @@ async def run_realtime(
         lateness_ms_end=float(tail.max()) if tail.size else math.nan,
         cpu=(end[1] - start[1]) / wall if start and end else math.nan,
         loop_cpu=(end[2] - start[2]) / wall if start and end else math.nan,
+        qemg_cpu=(end[3] - start[3]) / wall if start and end else math.nan,
+        qemg_analysed=_qemg_share(pipe),
         batch_mean=float(stats.batch_mean) if stats else 0.0,
         batch_max=int(stats.batch_max) if stats else 0,
         engine_busy=float(stats.busy_s) / duration_s if stats else 0.0,

@@ -14,6 +14,7 @@ import numpy as np
 from ..clock import monotonic
 from ..model import ModelBundle
 from ..pipeline import PipelineSettings, StreamState
+from ..qemg.service import RemoteQemg, child_rss_mb
 from ..types import Chunk, StreamInfo
 from .common import (
     make_templates,
@@ -48,25 +49,35 @@ def _feed_states(bundle: ModelBundle, templates: np.ndarray, first: int, count: 
 
 def measure_rss_per_stream(bundle: ModelBundle, templates: np.ndarray, n_streams: int = 512,
                            fs: float = 8000.0, seconds: float = 2.5) -> dict[str, Any]:
-    """Resident memory added per stream, in this process: the slope of VmRSS from ``n_streams // 8`` to
+    """Resident memory added per stream, in this process and the QEMG process together (also given apart): the
+    slope of VmRSS from ``n_streams // 8`` to
     ``n_streams`` StreamStates, each fed ``seconds`` of 10 ms chunks (every buffer page touched, windows cut) and
     given results for its windows (latency history, rolling estimate), as in a running pipeline.
 
     Run it in a fresh process (:func:`measure_rss_subprocess`): in a process that has freed memory before, new
     streams reuse already-resident pages and the slope reads too low.
     """
+    def qemg_rss(states: list[StreamState]) -> float:  # the QEMG process, once it has analysed what it was sent
+        for st in states:
+            if isinstance(st.qemg, RemoteQemg):
+                st.qemg.wait_idle(30.0)
+        return child_rss_mb() or 0.0
+
     gc.collect()
     before = read_rss_mb()
     first = max(1, n_streams // 8)
     keep = _feed_states(bundle, templates, 0, first, fs, seconds)
     gc.collect()
-    mid = read_rss_mb()
+    mid, q_mid = read_rss_mb(), qemg_rss(keep)
     keep += _feed_states(bundle, templates, first, n_streams - first, fs, seconds)
     gc.collect()
-    after = read_rss_mb()
+    after, q_after = read_rss_mb(), qemg_rss(keep)
     del keep
+    n = max(1, n_streams - first)
     return {"streams": n_streams, "rss_mb_before": before, "rss_mb_after": after,
-            "mb_per_stream": (after - mid) / max(1, n_streams - first)}
+            "qemg_process_rss_mb_after": q_after, "pipeline_mb_per_stream": (after - mid) / n,
+            "qemg_process_mb_per_stream": (q_after - q_mid) / n,
+            "mb_per_stream": (after - mid + q_after - q_mid) / n}
 
 
 def _rss_child(model: str | None, n_streams: int, fs: float) -> dict[str, Any]:

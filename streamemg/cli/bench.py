@@ -154,12 +154,14 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(head)
 
     curve = Table(title="scaling (whole pipeline, real time)")
-    for col in ("streams", "keeps up", "p50 ms", "p99 ms", "cpu cores", "loop cpu", "batch mean", "batched vs single",
-                "note"):
+    for col in ("streams", "keeps up", "p50 ms", "p99 ms", "cpu cores", "loop cpu", "qemg cpu", "qemg analysed",
+                "batch mean", "batched vs single", "note"):
         curve.add_column(col, justify="right" if col not in ("note",) else "left")
     for row in report.get("scaling", []):
+        share = row.get("qemg_analysed")
         curve.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row["latency_ms_p50"]),
                       _fmt(row["latency_ms_p99"]), _fmt(row["cpu"], 2), _fmt(row["loop_cpu"], 2),
+                      _fmt(row.get("qemg_cpu"), 2), f"{100 * share:.0f}%" if isinstance(share, float) else "-",
                       _fmt(row["batch_mean"]), _fmt(row.get("batched_vs_single"), 2), row.get("reason", ""))
     console.print(curve)
 

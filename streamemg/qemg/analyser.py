@@ -17,11 +17,8 @@ JSON form (:meth:`QemgSummary.to_dict`) is what estimates carry as ``qemg``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +27,7 @@ import numpy.typing as npt
 
 from ..dsp import FilterSettings, StreamFilter
 from ..errors import ConfigError
+from .blocks import BlockGatherer
 from .detect import Detector
 from .measures import POLYPHASIC_PHASES, WaveformMeasures, firing_stats, remove_baseline, waveform_measures
 from .normative import flag_measures
@@ -37,22 +35,6 @@ from .templates import TemplateSet
 
 F64 = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
-
-_EXECUTOR: ThreadPoolExecutor | None = None
-_EXECUTOR_LOCK = threading.Lock()
-#: Blocks of one stream that may wait for the worker; beyond this, new blocks are dropped (and counted).
-MAX_QUEUED_BLOCKS = 4
-
-
-def _executor() -> ThreadPoolExecutor:
-    """The one worker thread that analyses every stream's blocks when ``background`` is on (FIFO: per stream,
-    blocks are analysed in order)."""
-    global _EXECUTOR
-    with _EXECUTOR_LOCK:
-        if _EXECUTOR is None:
-            _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamemg-qemg")
-        return _EXECUTOR
-
 
 @dataclass(frozen=True, slots=True)
 class QemgSettings:
@@ -82,11 +64,12 @@ class QemgSettings:
             0 turns both off.
         block_s: samples are gathered and analysed in blocks of this many seconds (each numpy call then works
             on a second of signal, so the per-call overhead is paid about once per second per stream).
-        background: in the pipeline, live streams are analysed (and measured) in one worker thread shared by
-            all streams instead of on the event loop; estimates then carry the latest finished measurement. A
-            stream whose blocks pile up (more than 4 waiting) drops new ones and counts them
-            (``QemgAnalyser.dropped_blocks``). Offline sources (files at full speed) are always analysed inline,
-            so no block is lost.
+        background: in the pipeline, live streams are analysed in a separate process shared by all of them, at
+            a lower CPU priority (:mod:`streamemg.qemg.service`), so that classification always comes first; a
+            stream whose blocks pile up there (more than 4 waiting) drops new ones and counts them. Estimates
+            carry the latest finished measurement. Offline sources (files at full speed) are always analysed
+            inline, so no block is lost. False analyses live streams inline too (on the event loop).
+        nice: how much lower the QEMG process's CPU priority is (added niceness, 0-19).
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
             by 10% (its running mean barely moves otherwise).
@@ -112,6 +95,7 @@ class QemgSettings:
     block_s: float = 2.0
     summary_every_s: float = 5.0
     background: bool = True
+    nice: int = 10
 
     def __post_init__(self) -> None:
         positive = (
@@ -126,7 +110,7 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a number >= 0")
-        for name, lo, hi in (("max_templates", 1, 256), ("min_discharges", 2, 10_000)):
+        for name, lo, hi in (("max_templates", 1, 256), ("min_discharges", 2, 10_000), ("nice", 0, 19)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a whole number from {lo} to {hi}")
@@ -237,15 +221,13 @@ class QemgAnalyser:
         settings: see :class:`QemgSettings`.
         phase: 0..1, where in its block and summary periods this stream starts. The pipeline gives each stream
             its own (from its id), so the streams' block analyses and re-measurements do not all fall due in
-            the same hop, which would stall the event loop for all of them at once.
-        background: analyse in the shared worker thread (see :attr:`QemgSettings.background`); blocks beyond
-            4 waiting are dropped, so use it only for live data.
+            the same hop, which would stall the analysis for all of them at once.
+
+    This class analyses in the caller's thread; the pipeline runs live streams' analysers in the QEMG process
+    through :class:`streamemg.qemg.service.RemoteQemg`.
     """
 
-    def __init__(
-        self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0,
-        background: bool = False,
-    ) -> None:
+    def __init__(self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0) -> None:
         s = settings or QemgSettings()
         self.settings = s
         self.fs = float(fs)
@@ -275,20 +257,13 @@ class QemgAnalyser:
         self._count = 0
         self._activity = float("nan")
         self._cache: tuple[tuple[int, ...], QemgSummary] | None = None
-        self._pending: list[np.ndarray] = []
-        self._pending_n = 0
-        self._block = max(1, round(s.block_s * self.fs))
         phase = float(phase) % 1.0
-        self._first = max(1, round(self._block * (1.0 - phase)))  # the first block is shorter: the stagger
+        self.blocks = BlockGatherer(self.fs, s.block_s, phase)  # exact blocks; the first is shorter: the stagger
         self._summary_offset = round(phase * self._summary_every)
         # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures)
         self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
-        self._fed = 0  # samples handed to blocks (caller side; the worker's count is detector.samples_seen)
-        self._lock = threading.Lock()  # held by whoever analyses or measures (worker or caller)
-        self._futures: collections.deque[Future[None]] = collections.deque()
         self._latest: tuple[QemgSummary, dict[str, Any]] | None = None
-        self.dropped_blocks = 0
-        self.background = bool(background)
+        self.dropped_blocks = 0  # always 0 here (see RemoteQemg)
 
     @property
     def samples_seen(self) -> int:
@@ -299,46 +274,14 @@ class QemgAnalyser:
         """Take the next samples, float (n, C) µV at ``fs`` (unfiltered: the analyser filters); they are analysed
         in blocks of exactly ``block_s`` (the arrays are kept by reference until then: do not modify them), so the
         result does not depend on how the samples were chunked."""
-        if raw.shape[0] == 0:
-            return
-        self._pending.append(raw)
-        self._pending_n += raw.shape[0]
-        size = self._first if self._fed == 0 else self._block
-        if self._pending_n < size:
-            return
-        # exact blocks, whatever the caller's chunking: the analysis does not depend on it
-        x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        start = 0
-        blocks = []
-        while x.shape[0] - start >= size:
-            blocks.append(x[start : start + size])
-            start += size
-            size = self._block
-        rest = x[start:]
-        self._pending = [rest] if rest.shape[0] else []
-        self._pending_n = rest.shape[0]
-        self._fed += start
-        if not self.background:
-            self._work(blocks)
-            return
-        while self._futures and self._futures[0].done():
-            self._futures.popleft()
-        if len(self._futures) >= MAX_QUEUED_BLOCKS:
-            self.dropped_blocks += len(blocks)  # the worker is behind: better a gap than an unbounded queue
-            return
-        self._futures.append(_executor().submit(self._work, blocks))
-
-    def _work(self, blocks: list[npt.NDArray[np.floating]]) -> None:
-        """Analyse blocks, then measure the units again if a summary fell due (worker thread or caller)."""
-        try:
-            with self._lock:
-                for b in blocks:
-                    self._analyse(b)
+        for block in self.blocks.add(raw):
+            try:
+                self._analyse(block)
                 key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
                 if self._cache is None or self._cache[0] != key:
                     self._publish(self._summarise(key))
-        except Exception:  # a failure here must not take the stream down; it is logged and the block lost
-            log.exception("QEMG analysis failed; block skipped")
+            except Exception:  # a failure here must not take the stream down; it is logged and the block lost
+                log.exception("QEMG analysis failed; block skipped")
 
     def _publish(self, summ: QemgSummary) -> None:
         d = summ.to_dict()
@@ -346,16 +289,9 @@ class QemgAnalyser:
         self._latest = (summ, d)  # one reference swap: readers on other threads see old or new, never half
 
     def flush(self) -> None:
-        """Wait for queued blocks, then analyse whatever samples are gathered now (in the caller's thread)."""
-        while self._futures:
-            self._futures.popleft().result()
-        if not self._pending_n:
-            return
-        raw = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending = []
-        self._fed += self._pending_n
-        self._pending_n = 0
-        with self._lock:
+        """Analyse whatever samples are gathered now (the block in progress, cut short)."""
+        raw = self.blocks.take_rest()
+        if raw is not None:
             self._analyse(raw)
 
     def _analyse(self, raw: npt.NDArray[np.floating]) -> None:
@@ -380,14 +316,13 @@ class QemgAnalyser:
 
     def summary(self, fresh: bool = False) -> QemgSummary:
         """The latest measurement of the units (taken every ``summary_every_s`` of signal), or, with ``fresh``,
-        one taken now after every sample given so far was analysed (waits for the worker)."""
+        one taken now after every sample given so far was analysed."""
         if fresh:
             self.flush()
-            with self._lock:
-                key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
-                summ = self._summarise(key)
-                self._publish(summ)
-                return summ
+            key = ((self.detector.samples_seen + self._summary_offset) // self._summary_every,)
+            summ = self._summarise(key)
+            self._publish(summ)
+            return summ
         latest = self._latest
         if latest is None:
             empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
@@ -395,7 +330,7 @@ class QemgAnalyser:
         return latest[0]
 
     def _summarise(self, key: tuple[int, ...]) -> QemgSummary:
-        """Measure the current units (the caller holds the lock)."""
+        """Measure the current units."""
         units: list[UnitMeasures] = []
         oldest = self.detector.samples_seen - self.horizon
         thr = self.detector.threshold

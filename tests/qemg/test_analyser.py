@@ -107,20 +107,3 @@ def test_cost_per_second_of_signal_is_small() -> None:
         an.summary_dict()
     per_s = (time.perf_counter() - t0) / 10.0
     assert per_s < 0.05, per_s  # loose: the machine is shared; per-sample Python would cost 100x more
-
-
-def test_background_worker_gives_the_same_units_as_inline_analysis() -> None:
-    fs = 10000.0
-    x = EMGSimulator("als", fs, seed=4).generate(60000)
-
-    def run(background: bool) -> tuple[list[tuple[float, int]], int]:
-        an = QemgAnalyser(fs, 1, background=background)
-        for i in range(0, x.shape[0], 2500):
-            an.process(x[i : i + 2500])
-            time.sleep(0.002 if background else 0.0)  # a live stream's pace, roughly: the worker keeps up
-        summ = an.summary(fresh=True)  # waits for the worker
-        return sorted((round(u.waveform.amplitude_uv, 3), u.discharges) for u in summ.units), an.dropped_blocks
-
-    inline, _ = run(False)
-    worker, dropped = run(True)
-    assert inline and dropped == 0 and worker == inline

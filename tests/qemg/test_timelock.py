@@ -24,7 +24,8 @@ def test_lock_matrix_equals_the_pairwise_definition_on_random_trains() -> None:
     span, lock = 320, 3
     decided = {True: 0, False: 0}
     for _ in range(300):
-        trains = [np.sort(rng.choice(80_000, size=rng.integers(0, 40), replace=False)) for _ in range(rng.integers(1, 7))]
+        trains = [np.sort(rng.choice(80_000, size=rng.integers(0, 40), replace=False))
+                  for _ in range(rng.integers(1, 7))]
         for i in range(len(trains)):  # some trains are second peaks: locked to another at a fixed lag, plus strays
             src = trains[rng.integers(len(trains))]
             if src.size and rng.random() < 0.4:

@@ -1,0 +1,360 @@
+"""QEMG of live streams in a separate process at lower CPU priority, so classification always comes first.
+
+The MUAP analysis of a stream costs about as much CPU as its classification, and it is pure Python and numpy
+on small arrays: in a thread of the pipeline's process it holds the interpreter lock for as long as the event
+loop does, and every stream it analyses is taken from the loop's one core. So live streams are analysed in one
+child process (``python -m streamemg.qemg.service``) started on the first live stream and shared by all of them::
+
+    pipeline process                                       QEMG process (nice +10)
+    RemoteQemg.process(samples) -> exact blocks (2 s) --->  QemgAnalyser per stream (the same code and blocks
+    RemoteQemg.summary_dict()   <- latest measurement <---  as inline, so the same result), measured every
+                                                            summary_every_s of signal
+
+The child runs at a lower priority (``QemgSettings.nice``): on a busy machine the scheduler gives the pipeline's
+threads the CPU first and the analysis what is left. A stream with more than ``MAX_QUEUED_BLOCKS`` blocks in
+flight drops new blocks and counts them (:attr:`RemoteQemg.dropped_blocks`; ``streamemg bench`` reports the share
+analysed): the estimates then carry the last measurement, and the analysis resumes as soon as the child catches up.
+Its measures over a dropped block's gap stay valid (the templates are means; an interval that spans a gap falls out
+of the firing-rate statistics as an outlier), only based on less signal.
+
+Messages are pickled tuples over two pipes (``multiprocessing.connection.Connection``): to the child
+``("open", id, fs, channels, settings, phase)``, ``("block", id, samples)``, ``("fresh", id)``, ``("close", id)``;
+from it ``("ack", id, samples_seen, summary | None, summary_dict | None)`` per block, ``("fresh", id, samples_seen,
+summary, summary_dict)`` and ``("error", text)``. One
+thread sends (a full pipe never blocks the event loop: the queue in front of it is bounded), one receives. If the
+child dies, the streams keep being classified; their QEMG stops, and the error is logged once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .analyser import QemgAnalyser, QemgSettings, QemgSummary
+from .blocks import BlockGatherer
+
+log = logging.getLogger(__name__)
+
+#: Blocks of one stream that may be in flight (sent, not yet analysed); beyond this new blocks are dropped.
+MAX_QUEUED_BLOCKS = 4
+#: Messages waiting for the sender thread (all streams); beyond this new blocks are dropped.
+MAX_SEND_QUEUE = 4096
+
+
+class QemgService:
+    """The child process and the two threads that talk to it (one per parent process: :func:`service`)."""
+
+    def __init__(self, nice: int) -> None:
+        work_r, work_w = os.pipe()
+        res_r, res_w = os.pipe()
+        env = dict(os.environ)
+        # the child imports this same package, whether installed or a source checkout on sys.path
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # the analysis does not use BLAS; its idle threads spin
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamemg.qemg.service", str(work_r), str(res_w), str(int(nice))],
+            pass_fds=(work_r, res_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+        )
+        os.close(work_r)
+        os.close(res_w)
+        self._out = Connection(work_w, readable=False)
+        self._in = Connection(res_r, writable=False)
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(MAX_SEND_QUEUE)
+        self._clients: dict[int, RemoteQemg] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.alive = True
+        self.error: str | None = None
+        self._fresh: dict[int, tuple[threading.Event, list[Any]]] = {}
+        threading.Thread(target=self._send_loop, name="streamemg-qemg-send", daemon=True).start()
+        threading.Thread(target=self._recv_loop, name="streamemg-qemg-recv", daemon=True).start()
+        threading.Thread(target=self._stderr_loop, name="streamemg-qemg-stderr", daemon=True).start()
+
+    # ------------------------------------------------------------------ parent side
+    def open(self, client: RemoteQemg) -> int:
+        cid = next(self._ids)
+        with self._lock:
+            self._clients[cid] = client
+        self.put(("open", cid, client.fs, client.n_channels, client.settings, client.phase), force=True)
+        return cid
+
+    def put(self, msg: tuple[Any, ...], force: bool = False) -> bool:
+        """Queue a message for the child; False (dropped) when the queue is full, unless ``force``."""
+        if not self.alive:
+            return False
+        try:
+            if force:
+                self._queue.put(msg, timeout=5.0)
+            else:
+                self._queue.put_nowait(msg)
+        except queue.Full:
+            return False
+        return True
+
+    def fresh(self, cid: int, timeout: float) -> tuple[QemgSummary, dict[str, Any]] | None:
+        """Ask the child to measure stream ``cid`` now (after every block sent so far); wait for the answer."""
+        done = threading.Event()
+        box: list[Any] = []
+        with self._lock:
+            self._fresh[cid] = (done, box)
+        if not self.put(("fresh", cid), force=True) or not done.wait(timeout):
+            return None
+        return box[0] if box else None
+
+    def _send_loop(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None:
+                break
+            try:
+                self._out.send(msg)
+            except (OSError, ValueError):  # the child is gone
+                self._died("the QEMG process stopped taking work")
+                break
+
+    def _recv_loop(self) -> None:
+        while True:
+            try:
+                msg = self._in.recv()
+            except (EOFError, OSError):
+                self._died("the QEMG process exited")
+                return
+            kind = msg[0]
+            if kind == "ack":
+                _, cid, seen, summ, d = msg
+                client = self._clients.get(cid)
+                if client is not None:
+                    client._acked(seen, (summ, d) if summ is not None else None)
+            elif kind == "fresh":
+                _, cid, seen, summ, d = msg
+                with self._lock:
+                    waiter = self._fresh.pop(cid, None)
+                client = self._clients.get(cid)
+                if client is not None:
+                    client.samples_seen = seen
+                if waiter is not None:
+                    waiter[1].append((summ, d))
+                    waiter[0].set()
+            elif kind == "error":
+                log.error("QEMG analysis failed in the QEMG process; block skipped:\n%s", msg[1])
+
+    def _stderr_loop(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                log.warning("QEMG process: %s", text)
+
+    def _died(self, what: str) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        code = self.proc.poll()
+        self.error = f"{what} (exit status {code})" if code is not None else what
+        log.error("%s: live streams go on being classified without QEMG", self.error)
+        with self._lock:
+            waiters = list(self._fresh.values())
+            self._fresh.clear()
+        for done, _ in waiters:
+            done.set()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the child: it finishes what it was sent (within ``timeout``), then exits."""
+        if self.alive:
+            self.alive = False
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for conn in (self._out, self._in):
+            conn.close()
+
+
+_SERVICE: QemgService | None = None
+_SERVICE_LOCK = threading.Lock()
+
+
+def service(nice: int) -> QemgService:
+    """The process's QEMG service, started on first use (and stopped at interpreter exit)."""
+    global _SERVICE
+    with _SERVICE_LOCK:
+        if _SERVICE is None or not _SERVICE.alive:  # first use, or the last one died: start (again)
+            _SERVICE = QemgService(nice)
+            atexit.register(_SERVICE.close)
+        return _SERVICE
+
+
+def child_rss_mb() -> float | None:
+    """Resident memory of the QEMG process (MiB), None when it is not running."""
+    svc = _SERVICE
+    if svc is None or svc.proc.poll() is not None:
+        return None
+    try:
+        with open(f"/proc/{svc.proc.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def child_cpu_s() -> float:
+    """CPU time (user + system, s) the QEMG process has used so far; 0 when it is not running."""
+    svc = _SERVICE
+    if svc is None:
+        return 0.0
+    try:
+        with open(f"/proc/{svc.proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class RemoteQemg:
+    """The pipeline's handle on one live stream's analysis in the QEMG process (same interface as
+    :class:`QemgAnalyser` for what the pipeline uses: :meth:`process`, :meth:`summary`, :meth:`summary_dict`)."""
+
+    def __init__(self, fs: float, n_channels: int, settings: QemgSettings | None = None, phase: float = 0.0) -> None:
+        self.settings = settings or QemgSettings()
+        self.fs = float(fs)
+        self.n_channels = int(n_channels)
+        self.phase = float(phase) % 1.0
+        self.blocks = BlockGatherer(self.fs, self.settings.block_s, self.phase)
+        self.dropped_blocks = 0
+        self.sent_blocks = 0
+        self.samples_seen = 0
+        self._acks = 0  # blocks analysed (written by the receiver thread only; sent_blocks by the caller only)
+        empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
+        self._latest: tuple[QemgSummary, dict[str, Any]] = (empty, {**empty.to_dict(), "flags": {}})
+        self._service = service(self.settings.nice)
+        self._id = self._service.open(self)
+
+    def process(self, raw: npt.NDArray[np.floating]) -> None:
+        """Take the next samples, float (n, C) µV (unfiltered); full blocks go to the QEMG process."""
+        for block in self.blocks.add(raw):
+            if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put(("block", self._id, block)):
+                self.dropped_blocks += 1  # the QEMG process is behind: a gap rather than an unbounded queue
+                continue
+            self.sent_blocks += 1
+
+    def _acked(self, seen: int, latest: tuple[QemgSummary, dict[str, Any]] | None) -> None:
+        self._acks += 1
+        self.samples_seen = seen
+        if latest is not None:
+            self._latest = latest  # one reference swap
+
+    @property
+    def analysed_blocks(self) -> int:
+        """Blocks the QEMG process has analysed."""
+        return self._acks
+
+    @property
+    def in_flight(self) -> int:
+        """Blocks sent to the QEMG process and not yet analysed."""
+        return self.sent_blocks - self._acks
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every block sent so far was analysed; False on timeout or if the QEMG process died."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight > 0 and self._service.alive and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.in_flight == 0
+
+    def summary(self, fresh: bool = False, timeout: float = 30.0) -> QemgSummary:
+        """The latest measurement; with ``fresh``, one taken now after every sample given so far (the block in
+        progress cut short, as :meth:`QemgAnalyser.summary` does) was analysed: waits for the QEMG process."""
+        if fresh:
+            rest = self.blocks.take_rest()
+            if rest is not None and self._service.put(("block", self._id, rest), force=True):
+                self.sent_blocks += 1
+            got = self._service.fresh(self._id, timeout)
+            if got is not None:
+                self._latest = got
+        return self._latest[0]
+
+    def summary_dict(self) -> dict[str, Any]:
+        """The latest measurement in the compact JSON form estimates carry as ``qemg`` (with ``flags``)."""
+        return self._latest[1]
+
+    def close(self) -> None:
+        """Free this stream's state in the QEMG process."""
+        self._service.put(("close", self._id))
+        with self._service._lock:
+            self._service._clients.pop(self._id, None)
+
+
+# ---------------------------------------------------------------------------------------------- the child
+
+
+def _serve(work: Connection, results: Connection) -> None:
+    analysers: dict[int, QemgAnalyser] = {}
+    while True:
+        try:
+            msg = work.recv()
+        except EOFError:
+            return
+        kind, cid = msg[0], msg[1]
+        try:
+            if kind == "block":
+                an = analysers[cid]
+                before = an._latest
+                an.process(msg[2])
+                latest = an._latest
+                if latest is not None and latest is not before:
+                    results.send(("ack", cid, an.samples_seen, latest[0], latest[1]))
+                else:
+                    results.send(("ack", cid, an.samples_seen, None, None))
+            elif kind == "open":
+                _, cid, fs, n_channels, settings, phase = msg
+                analysers[cid] = QemgAnalyser(fs, n_channels, settings, phase)
+            elif kind == "fresh":
+                an = analysers[cid]
+                summ = an.summary(fresh=True)
+                results.send(("fresh", cid, an.samples_seen, summ, an.summary_dict()))
+            elif kind == "close":
+                analysers.pop(cid, None)
+        except Exception:  # one stream's failure must not stop the others' analysis
+            results.send(("error", traceback.format_exc()))
+            if kind == "block":
+                failed = analysers.get(cid)
+                results.send(("ack", cid, failed.samples_seen if failed is not None else 0, None, None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    work = Connection(int(args[0]), writable=False)
+    results = Connection(int(args[1]), readable=False)
+    try:
+        os.nice(int(args[2]))
+    except (OSError, AttributeError):
+        pass
+    _serve(work, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

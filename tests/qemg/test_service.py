@@ -1,0 +1,97 @@
+"""Live streams' QEMG in the QEMG process: the same result as inline analysis, drops when it is behind, and
+classification going on when it dies. A real child process throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from simulators.synth import EMGSimulator
+from streamemg.model import load_bundle
+from streamemg.pipeline import Pipeline
+from streamemg.qemg import QemgAnalyser, QemgSettings, QemgSummary
+from streamemg.qemg import service as svc
+from streamemg.qemg.service import MAX_QUEUED_BLOCKS, RemoteQemg
+from streamemg.sinks.memory import MemorySink
+from streamemg.sources.sim import SimSource
+
+FS = 10000.0
+
+
+def _units(summ: QemgSummary) -> list[tuple[float, int, str]]:
+    return sorted((round(u.waveform.amplitude_uv, 3), u.discharges, u.kind) for u in summ.units)
+
+
+@pytest.mark.timeout(120)
+def test_remote_analysis_equals_inline_analysis_block_for_block() -> None:
+    x = EMGSimulator("als", FS, seed=4).generate(round(9.3 * FS)).reshape(-1, 1)
+    inline = QemgAnalyser(FS, 1, phase=0.37)
+    remote = RemoteQemg(FS, 1, phase=0.37)
+    published = []
+    for i in range(0, x.shape[0], 2500):
+        inline.process(x[i : i + 2500])
+        remote.process(x[i : i + 2500])
+        assert remote.wait_idle(30.0)  # a live stream's pace: the QEMG process keeps up
+        published.append((inline.summary_dict(), remote.summary_dict()))
+    assert remote.dropped_blocks == 0 and remote.sent_blocks >= 4
+    assert all(a == b for a, b in published)  # the same measurement published at the same moments
+    assert published[-1][1]["units"] >= 1
+    a, b = inline.summary(fresh=True), remote.summary(fresh=True)  # the block in progress included on both sides
+    assert remote.samples_seen == inline.samples_seen == x.shape[0]
+    assert _units(a) == _units(b) and len(a.units) >= 1
+    assert a.to_dict() == b.to_dict()
+    remote.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_qemg_process_drops_blocks_and_resumes() -> None:
+    remote = RemoteQemg(FS, 1, QemgSettings(block_s=0.5))
+    x = EMGSimulator("normal", FS, seed=1).generate(round(12 * FS)).reshape(-1, 1)
+    remote.process(x[: round(FS)])
+    assert remote.wait_idle(30.0)
+    pid = svc.service(remote.settings.nice).proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        remote.process(x[round(FS) : round(7 * FS)])  # 12 blocks while the process sleeps
+        assert remote.in_flight == MAX_QUEUED_BLOCKS
+        assert remote.dropped_blocks == 12 - MAX_QUEUED_BLOCKS
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert remote.wait_idle(30.0)
+    seen = remote.samples_seen
+    for i in range(round(7 * FS), x.shape[0], round(0.5 * FS)):  # a live stream's pace again
+        remote.process(x[i : i + round(0.5 * FS)])
+        assert remote.wait_idle(30.0)
+    assert remote.dropped_blocks == 12 - MAX_QUEUED_BLOCKS  # caught up: nothing more dropped
+    assert remote.samples_seen == seen + round(5 * FS)  # and analysing again
+    remote.close()
+
+
+@pytest.mark.timeout(120)
+async def test_streams_go_on_when_the_qemg_process_dies(caplog: pytest.LogCaptureFixture) -> None:
+    sink = MemorySink()
+    src = SimSource("als", fs=FS, seed=2, speed=1.0, duration=6.0, name="patient-2")  # live: QEMG in the process
+    pipe = Pipeline([src], [sink], bundle=load_bundle(None))
+
+    async def kill_soon() -> None:
+        for _ in range(400):  # at most 20 s: kill once the first estimate is out
+            if sink.estimates:
+                break
+            await asyncio.sleep(0.05)
+        svc.service(QemgSettings().nice).proc.kill()
+
+    with caplog.at_level(logging.ERROR, logger="streamemg.qemg.service"):
+        await asyncio.gather(pipe.run(), kill_soon())
+    # every window was still classified; the QEMG loss was said
+    assert len(sink.estimates) >= 15
+    assert any("QEMG process" in r.getMessage() for r in caplog.records)
+    # a stream started after that gets a new QEMG process
+    fresh = RemoteQemg(FS, 1)
+    fresh.process(np.zeros((round(2.5 * FS), 1), dtype=np.float32))
+    assert fresh.wait_idle(30.0) and fresh.samples_seen > 0
+    fresh.close()
