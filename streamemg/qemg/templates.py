@@ -82,6 +82,7 @@ class TemplateSet:
         self.seg_len = seg_len
         self.lock = np.zeros((k, k), dtype=bool)  # template pairs found time-locked (one potential, two peaks)
         self.min_gap = int(min_gap)  # a unit's discharges closer than this are one discharge detected twice
+        self.max_pairs = 16  # candidates tried as a pair per block, at most (the largest)
         self.pair_shift = 0
         self.resolved = 0  # candidates explained as the sum of two templates
         self.peeled = 0  # candidates matched once their known neighbours were subtracted
@@ -94,7 +95,7 @@ class TemplateSet:
                 step = max(1, int(shift_step))
                 self._wide = np.arange(pre - half - d, pre + half + d + 1, step, dtype=np.int64)  # (W,)
                 self._near = np.arange(-max(1, d // 4), max(1, d // 4) + 1, dtype=np.int64)  # first unit's shifts
-                self._coarse_step = max(1, step)
+                self._coarse_step = max(2, step)
                 self._far = np.arange(-d, d + 1, self._coarse_step, dtype=np.int64)  # second unit's, coarse
         # matched discharges of the previous block that reach into this block's segments (time, slot, generation)
         self._prev = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -158,6 +159,9 @@ class TemplateSet:
                     self.peeled += int(np.count_nonzero(sub_lab >= 0))
                 # 4) superpositions: what still matches nothing is tried as the sum of two templates at shifts
                 rest = np.flatnonzero(label < 0)
+                if rest.size > self.max_pairs:  # bounded work per block: the largest candidates first
+                    big = np.abs(segments[rest, self.pre]) if self.pre is not None else np.zeros(rest.size)
+                    rest = np.sort(rest[np.argsort(-big, kind="stable")[: self.max_pairs]])
                 if rest.size:
                     ok, a_t, a_lab, b_t, b_lab = self._pairs(segments[rest], times[rest], noise_uv)
                     if ok.any():
@@ -253,44 +257,54 @@ class TemplateSet:
         self._prev = (t[keep], lab[keep], self.generation[lab[keep]])
 
     def _neighbours(self, times: I64, label: I64) -> F64:
-        """(E, L): the sum of the templates of the known discharges that overlap each candidate's segment."""
+        """(E, L): the sum of the templates of the known discharges that overlap each candidate's segment.
+
+        Known: this block's matches and the previous block's last ones, of templates with at least 5 discharges.
+        Left out for a candidate: itself, another detection of its own unit within ``min_gap``, and templates
+        time-locked to its own (other peaks of the same potential). The known discharges are laid into one
+        reconstruction of the block (one scatter), each candidate's span is read from it, and only the few
+        left-out neighbours are gathered one by one and taken back out."""
         e, n = times.size, self.seg_len
-        out = np.zeros((e, n))
         pt, pl, pg = self._prev
         live = self.active[pl] & (self.generation[pl] == pg)
         mine = np.flatnonzero(label >= 0)
         kt = np.concatenate([pt[live], times[mine]])
         kl = np.concatenate([pl[live], label[mine]])
         ki = np.concatenate([np.full(int(live.sum()), -1, dtype=np.int64), mine])
+        grown = self.count[kl] >= 5  # a template this young is not a unit's shape yet
+        kt, kl, ki = kt[grown], kl[grown], ki[grown]
         if kt.size == 0:
-            return out
+            return np.zeros((e, n))
         order = np.argsort(kt, kind="stable")
         kt, kl, ki = kt[order], kl[order], ki[order]
+        pre = int(self.pre or 0)
+        base = int(min(int(kt[0]), int(times.min()))) - pre
+        span = int(max(int(kt[-1]), int(times.max()))) - base + n
+        ar = np.arange(n)
+        recon = np.bincount(((kt - pre - base)[:, None] + ar).ravel(), weights=self.wave[kl].ravel(), minlength=span)
+        out = recon[(times - pre - base)[:, None] + ar]  # (E, L)
+        own = ki[ki >= 0]
+        out[own] -= self.wave[label[own]]  # a known candidate is not its own neighbour
+        # the pairs (candidate, known discharge) that overlap
         lo = np.searchsorted(kt, times - n + 1)
         hi = np.searchsorted(kt, times + n)
         cnt = hi - lo
         total = int(cnt.sum())
-        if total == 0:
-            return out
         row = np.repeat(np.arange(e), cnt)
         j = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
         lag = kt[j] - times[row]  # the neighbour's peak sits at pre + lag in the candidate's segment
-        # not the candidate itself, nor another detection of the same unit within a double-detection interval,
-        # nor a template too young to be a unit's shape yet
-        keep = (ki[j] != row) & ((kl[j] != label[row]) | (np.abs(lag) >= self.min_gap)) & (self.count[kl[j]] >= 5)
-        row, j, lag = row[keep], j[keep], lag[keep]
-        # a neighbour whose template holds a copy of the candidate's own template where the candidate sits is
-        # the same potential seen from another of its peaks (two templates time-locked): subtracting it would
-        # take the candidate's own potential away
+        notself = ki[j] != row
+        row, j, lag = row[notself], j[notself], lag[notself]
+        excl = (kl[j] == label[row]) & (np.abs(lag) < self.min_gap)  # the same discharge detected twice
         mine_lab = label[row]
-        known = mine_lab >= 0
-        if known.any():
+        known = np.flatnonzero(mine_lab >= 0)
+        if known.size:
             # time-locked template pairs (peaks of one potential): in this block most discharges of the rarer of
             # the two templates have one of the other within a quarter of a segment (independent units at 15 Hz:
             # about 30% by chance)
             k = self.k
             a, b = mine_lab[known], kl[j[known]]
-            close = np.abs(lag[known]) <= self.seg_len // 4
+            close = np.abs(lag[known]) <= n // 4
             n_ab = np.bincount((a * k + b)[close], minlength=k * k)
             per = np.bincount(label[label >= 0], minlength=k)
             n_min = np.minimum(per[:, None], per[None, :]).reshape(-1)
@@ -298,29 +312,30 @@ class TemplateSet:
             if now.any():
                 now2 = now.reshape(k, k)
                 self.lock |= now2 | now2.T
-            locked_pair = self.lock[a, b]
-            drop0 = np.zeros(row.size, dtype=bool)
-            drop0[np.flatnonzero(known)[locked_pair]] = True
-            row, j, lag = row[~drop0], j[~drop0], lag[~drop0]
-            mine_lab = label[row]
-            known = mine_lab >= 0
-        if known.any():
-            m = self.match_idx
-            at = m[None, :] - lag[known, None]
-            inside = (at >= 0) & (at < n)
-            cop = np.where(inside, self.wave[kl[j[known]][:, None], np.clip(at, 0, n - 1)], 0.0)
-            own = self.match[mine_lab[known]]
-            cc = (cop * own).sum(axis=1)
-            same = cc > 0.7 * np.sqrt((cop * cop).sum(axis=1) * self.norm2[mine_lab[known]])
-            drop = np.zeros(row.size, dtype=bool)
-            drop[np.flatnonzero(known)[same]] = True
-            row, j, lag = row[~drop], j[~drop], lag[~drop]
-        if row.size == 0:
-            return out
-        shifted = _shifted_rows(self.wave[kl[j]], -lag)
-        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-        out[row[starts]] = np.add.reduceat(shifted, starts, axis=0)
+            excl[known] |= self.lock[a, b]
+            # and, before the lock shows, a neighbour whose template holds a copy of the candidate's own
+            # shape where the candidate sits (the same potential seen from another of its peaks)
+            near = known[~excl[known]]
+            if near.size:
+                a2, b2 = mine_lab[near], kl[j[near]]
+                cop = self._windows()[b2[:, None], (n - lag[near])[:, None], self.match_idx[None, :]]
+                cc = np.einsum("pm,pm->p", cop, self.match[a2])
+                excl[near] |= cc > 0.7 * np.sqrt(np.einsum("pm,pm->p", cop, cop) * self.norm2[a2])
+        if excl.any():
+            row, j, lag = row[excl], j[excl], lag[excl]
+            back = self._windows()[kl[j], n - lag]  # each left-out template moved by its lag, (P, L)
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            out[row[starts]] -= np.add.reduceat(back, starts, axis=0)
         return out
+
+    def _windows(self) -> F64:
+        """(K, 2L + 1, L) view: ``[k, L - lag]`` is template ``k`` moved so its aligning peak sits at ``pre + lag``
+        (0 where it does not reach). One padded copy of the templates; indexing the view copies only the rows
+        asked for."""
+        n = self.seg_len
+        pad = np.zeros((self.k, 3 * n))
+        pad[:, n : 2 * n] = self.wave
+        return np.lib.stride_tricks.sliding_window_view(pad, n, axis=1)
 
     def _pairs(self, segs: F64, times: I64, noise_uv: float) -> tuple[npt.NDArray[np.bool_], I64, I64, I64, I64]:
         """Explain each segment (U, L) as the sum of two different templates at shifts (vectorised over templates
@@ -329,7 +344,7 @@ class TemplateSet:
         (accepted (U,), first unit's times, slots, second unit's times, slots) for the accepted rows."""
         u = segs.shape[0]
         empty = np.zeros(0, dtype=np.int64)
-        act = np.flatnonzero(self.active & (self.count >= 3))
+        act = np.flatnonzero(self.active & (self.count >= 5))
         if act.size < 2:
             return np.zeros(u, dtype=bool), empty, empty, empty, empty
         wide = self._wide
@@ -347,17 +362,23 @@ class TemplateSet:
             k, si = np.divmod(flat, shifts.size)
             return k, shifts[si], tpl[k, si]
 
-        ka, sa, ta = fit(x, self._near, None)
-        r1 = x - ta
-        kb, sb, _ = fit(r1, self._far, ka)
-        if self._coarse_step > 1:  # refine the second shift around the coarse best
-            fine = sb[:, None] + np.arange(-self._coarse_step + 1, self._coarse_step, dtype=np.int64)[None, :]
-            fine = np.clip(fine, -self.pair_shift, self.pair_shift)
-            cand = wave[kb[:, None, None], wide[None, None, :] - fine[:, :, None]]  # (U, F, W)
-            sc = 2.0 * np.einsum("uw,ufw->uf", r1, cand) - np.einsum("ufw,ufw->uf", cand, cand)
+        def refine(r: F64, k: I64, center: I64, radius: int) -> tuple[I64, F64]:
+            # template k of each row at shifts center +- radius: the best shift and the template placed there
+            sh = np.clip(center[:, None] + np.arange(-radius, radius + 1, dtype=np.int64)[None, :],
+                         -self.pair_shift, self.pair_shift)
+            cand = wave[k[:, None, None], wide[None, None, :] - sh[:, :, None]]  # (U, F, W)
+            sc = 2.0 * np.einsum("uw,ufw->uf", r, cand) - np.einsum("ufw,ufw->uf", cand, cand)
             best = np.argmax(sc, axis=1)
-            sb = fine[rows, best]
-        tb = wave[kb[:, None], wide[None, :] - sb[:, None]]
+            return sh[rows, best], cand[rows, best]
+
+        # greedy: the first unit near the peak, the second anywhere within pair_shift of what is left; then each
+        # shift once more given the other (the first fit alone leans towards the second unit)
+        ka, sa, ta = fit(x, self._near, None)
+        kb, sb, _ = fit(x - ta, self._far, ka)
+        sb, tb = refine(x - ta, kb, sb, self._coarse_step - 1)
+        sa, ta = refine(x - tb, ka, sa, int(self._near[-1]))
+        sb, tb = refine(x - ta, kb, sb, 2)
+        r1 = x - ta
         r2 = r1 - tb
         res1 = np.einsum("uw,uw->u", r1, r1)
         res2 = np.einsum("uw,uw->u", r2, r2)

@@ -20,31 +20,34 @@ def _recovery(cls: str, seeds: range, effort: float | None = None) -> tuple[int,
 
 
 def test_ground_truth_recovery_als_meets_the_target() -> None:
-    """Measured (docs/qemg.md, seeds 0-4, 10 s each): 8 of 10 ALS units that fire >= 5 times have amplitude within
-    10% and duration within 2 ms (the target is 80%); 7 of 10 have the firing rate within 1 Hz."""
+    """Measured (docs/qemg.md, seeds 0-4, 10 s each): 9 of 10 ALS units that fire >= 5 times have amplitude within
+    10% and duration within 2 ms (the target is 80%); 9 of 10 have the firing rate within 1 Hz."""
     n, ok, rate_ok, with_rate = _recovery("als", range(5))
-    assert n >= 8 and ok / n >= 0.7, (ok, n)
-    assert rate_ok / with_rate >= 0.6, (rate_ok, with_rate)
+    assert n >= 8 and ok / n >= 0.8, (ok, n)
+    assert rate_ok / with_rate >= 0.8, (rate_ok, with_rate)
 
 
-def test_ground_truth_recovery_myopathy_rates_and_found_units() -> None:
-    """Measured: myopathy (dense, ~17 units per channel) 28 of 86 units within both bounds (33%: the target is NOT
-    reached), but 42 of 52 found units with a rate have it within 1 Hz. Bounds sit just under the measured figures so a
+def test_ground_truth_recovery_normal_and_myopathy_below_the_target() -> None:
+    """Measured: normal 14 of 35 units within both bounds (40%), myopathy 36 of 86 (42%): the 80% target is NOT
+    reached (a quarter to a third of the units in view sit below the detection threshold; docs/qemg.md). 38 of 51
+    myopathic units found with a rate have it within 1 Hz. Bounds sit just under the measured figures so a
     regression fails."""
+    n, ok, _, _ = _recovery("normal", range(5))
+    assert n >= 30 and ok / n >= 0.37, (ok, n)
     n, ok, rate_ok, with_rate = _recovery("myopathy", range(5))
-    assert n >= 60 and ok / n >= 0.25, (ok, n)
+    assert n >= 60 and ok / n >= 0.38, (ok, n)
     assert rate_ok / with_rate >= 0.7, (rate_ok, with_rate)
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
-    """Of the units the analyser credits to a true unit, the amplitude is right (median error 1.5-2.6% per class);
-    normal durations are the weak point (median error about 3 ms: slow phases sink under a noise-bound threshold)."""
-    for cls, dur_bound in (("normal", 4.0), ("als", 1.5), ("myopathy", 2.5)):
-        rs = [r for s in range(3) for r in score(cls, s) if r.found]
-        assert len(rs) >= 5
+    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 4.1 / 3.5 / 1.9%
+    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy)."""
+    for cls, amp_bound, dur_bound in (("normal", 0.06, 1.8), ("als", 0.05, 1.0), ("myopathy", 0.03, 0.6)):
+        rs = [r for s in range(5) for r in score(cls, s) if r.found]
+        assert len(rs) >= 8
         amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
         dur = np.median([abs(r.found_dur - r.true_dur) for r in rs])
-        assert amp < 0.06 and dur < dur_bound, (cls, amp, dur)
+        assert amp < amp_bound and dur < dur_bound, (cls, amp, dur)
 
 
 def test_uneven_blocks_give_the_same_units_as_hops() -> None:

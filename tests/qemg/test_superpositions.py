@@ -1,0 +1,65 @@
+"""Superposition resolution in the template clustering: known neighbours peeled off, pairs of templates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulators.synth import draw_muap_shape, render_potential
+from streamemg.qemg.templates import TemplateSet
+
+FS = 10000.0
+PRE, POST = 150, 250
+
+
+def _placed(kernel: np.ndarray, peak_at: int, n: int = PRE + POST) -> np.ndarray:
+    """``kernel`` moved so that its largest |value| sits at ``peak_at`` in a segment of ``n`` samples."""
+    out = np.zeros(n)
+    p = int(np.argmax(np.abs(kernel)))
+    for i, v in enumerate(kernel):
+        j = i - p + peak_at
+        if 0 <= j < n:
+            out[j] = v
+    return out
+
+
+def _set() -> tuple[TemplateSet, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    a = render_potential(draw_muap_shape(rng, 3), FS, 8.0, 400.0)
+    b = render_potential(draw_muap_shape(rng, 2), FS, 6.0, 250.0)
+    match_idx = np.arange(PRE - 15, PRE + 16, dtype=np.int64)
+    ts = TemplateSet(PRE + POST, match_idx, max_templates=8, ring=64, n_cap=64, tol=0.05, k_noise=2.0,
+                     max_shift=30, pre=PRE, pair_shift=40, min_gap=150)
+    # each unit alone, 10 times, far apart: two established templates
+    times = np.arange(20, dtype=np.int64) * 2000 + 1000
+    segs = np.array([_placed(a if i % 2 == 0 else b, PRE) for i in range(20)])
+    segs += rng.normal(0.0, 0.5, segs.shape)
+    lab = ts.assign(times, segs, 0.5)
+    assert len(set(lab.tolist())) == 2 and ts.count[lab[0]] == 10 and ts.count[lab[1]] == 10
+    return ts, a, b
+
+
+def test_two_units_firing_together_are_both_credited_and_the_means_stay_clean() -> None:
+    ts, a, b = _set()
+    la, lb = int(np.argmax(np.ptp(ts.wave, axis=1))), int(np.argsort(-np.ptp(ts.wave, axis=1))[1])
+    wave_a = ts.wave[la].copy()
+    t = 50_000
+    seg = _placed(a, PRE) + _placed(b, PRE + 12)  # b 1.2 ms after a: one candidate, matching neither alone
+    lab = ts.assign(np.array([t]), seg[None, :], 0.5)
+    assert lab[0] == -2 and ts.resolved == 1
+    assert abs(int(ts.recent_times(la, 0)[-1]) - t) <= 1
+    assert abs(int(ts.recent_times(lb, 0)[-1]) - (t + 12)) <= 2
+    assert np.array_equal(ts.wave[la], wave_a)  # a superposition does not enter a template's mean
+
+
+def test_a_candidate_overlapped_by_a_known_neighbour_matches_once_the_neighbour_is_peeled_off() -> None:
+    ts, a, b = _set()
+    la = int(np.argmax(np.ptp(ts.wave, axis=1)))
+    lb = int(np.argsort(-np.ptp(ts.wave, axis=1))[1])
+    # b at t and a 5 ms later: two candidates; b's segment holds a's spike, a's segment b's tail
+    t = 60_000
+    seg_b = _placed(b, PRE) + _placed(a, PRE + 50)
+    seg_a = _placed(a, PRE) + _placed(b, PRE - 50)
+    lab = ts.assign(np.array([t, t + 50]), np.array([seg_b, seg_a]), 0.5)
+    assert lab.tolist() == [lb, la]
+    # the means were updated with the cleaned segments: a's template has not taken in b's tail
+    assert np.max(np.abs(ts.wave[la] - _placed(a, PRE))) < 5.0
