@@ -70,6 +70,7 @@ class QemgSettings:
             carry the latest finished measurement. Offline sources (files at full speed) are always analysed
             inline, so no block is lost. False analyses live streams inline too (on the event loop).
         nice: how much lower the QEMG process's CPU priority is (added niceness, 0-19).
+        processes: QEMG processes for live streams; 0 (default): one per core beyond two (at least one).
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
             by 10% (its running mean barely moves otherwise).
@@ -96,6 +97,7 @@ class QemgSettings:
     summary_every_s: float = 5.0
     background: bool = True
     nice: int = 10
+    processes: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -110,7 +112,8 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a number >= 0")
-        for name, lo, hi in (("max_templates", 1, 256), ("min_discharges", 2, 10_000), ("nice", 0, 19)):
+        whole = (("max_templates", 1, 256), ("min_discharges", 2, 10_000), ("nice", 0, 19), ("processes", 0, 64))
+        for name, lo, hi in whole:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a whole number from {lo} to {hi}")

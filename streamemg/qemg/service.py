@@ -3,7 +3,8 @@
 The MUAP analysis of a stream costs about as much CPU as its classification, and it is pure Python and numpy
 on small arrays: in a thread of the pipeline's process it holds the interpreter lock for as long as the event
 loop does, and every stream it analyses is taken from the loop's one core. So live streams are analysed in one
-child process (``python -m streamemg.qemg.service``) started on the first live stream and shared by all of them::
+child process (``python -m streamemg.qemg.service``) started on the first live stream and shared by all of them
+(or several, ``QemgSettings.processes``, streams dealt to them in turn)::
 
     pipeline process                                       QEMG process (nice +10)
     RemoteQemg.process(samples) -> exact blocks (2 s) --->  QemgAnalyser per stream (the same code and blocks
@@ -192,46 +193,62 @@ class QemgService:
             conn.close()
 
 
-_SERVICE: QemgService | None = None
+_SERVICES: dict[int, QemgService] = {}
 _SERVICE_LOCK = threading.Lock()
+_NEXT_SLOT = itertools.count()
 
 
-def service(nice: int) -> QemgService:
-    """The process's QEMG service, started on first use (and stopped at interpreter exit)."""
-    global _SERVICE
+def default_processes() -> int:
+    """QEMG processes when ``QemgSettings.processes`` is 0: the cores the pipeline's event loop and inference
+    thread leave (at least one)."""
+    return max(1, (os.cpu_count() or 1) - 2)
+
+
+def service(nice: int, slot: int = 0) -> QemgService:
+    """QEMG process number ``slot`` of this process, started on first use (and stopped at interpreter exit)."""
     with _SERVICE_LOCK:
-        if _SERVICE is None or not _SERVICE.alive:  # first use, or the last one died: start (again)
-            _SERVICE = QemgService(nice)
-            atexit.register(_SERVICE.close)
-        return _SERVICE
+        svc = _SERVICES.get(slot)
+        if svc is None or not svc.alive:  # first use, or the last one died: start (again)
+            svc = _SERVICES[slot] = QemgService(nice)
+            atexit.register(svc.close)
+        return svc
+
+
+def _proc_file(svc: QemgService, name: str) -> str | None:
+    if svc.proc.poll() is not None:
+        return None
+    try:
+        with open(f"/proc/{svc.proc.pid}/{name}", encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def child_rss_mb() -> float | None:
-    """Resident memory of the QEMG process (MiB), None when it is not running."""
-    svc = _SERVICE
-    if svc is None or svc.proc.poll() is not None:
-        return None
-    try:
-        with open(f"/proc/{svc.proc.pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+    """Resident memory of the QEMG processes together (MiB), None when none is running."""
+    total, seen = 0.0, False
+    for svc in list(_SERVICES.values()):
+        text = _proc_file(svc, "status")
+        for line in (text or "").splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024.0
+                seen = True
+    return total if seen else None
 
 
 def child_cpu_s() -> float:
-    """CPU time (user + system, s) the QEMG process has used so far; 0 when it is not running."""
-    svc = _SERVICE
-    if svc is None:
-        return 0.0
-    try:
-        with open(f"/proc/{svc.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    """CPU time (user + system, s) the QEMG processes have used so far, together; 0 when none ran."""
+    total = 0.0
+    for svc in list(_SERVICES.values()):
+        text = _proc_file(svc, "stat")
+        if text is None:
+            continue
+        try:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (ValueError, IndexError):
+            continue
+    return total
 
 
 class RemoteQemg:
@@ -250,7 +267,9 @@ class RemoteQemg:
         self._acks = 0  # blocks analysed (written by the receiver thread only; sent_blocks by the caller only)
         empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
         self._latest: tuple[QemgSummary, dict[str, Any]] = (empty, {**empty.to_dict(), "flags": {}})
-        self._service = service(self.settings.nice)
+        n = self.settings.processes or default_processes()
+        self.slot = next(_NEXT_SLOT) % n  # streams are dealt to the QEMG processes in turn
+        self._service = service(self.settings.nice, self.slot)
         self._id = self._service.open(self)
 
     def process(self, raw: npt.NDArray[np.floating]) -> None:

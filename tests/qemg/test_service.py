@@ -54,7 +54,7 @@ def test_a_stalled_qemg_process_drops_blocks_and_resumes() -> None:
     x = EMGSimulator("normal", FS, seed=1).generate(round(12 * FS)).reshape(-1, 1)
     remote.process(x[: round(FS)])
     assert remote.wait_idle(30.0)
-    pid = svc.service(remote.settings.nice).proc.pid
+    pid = svc.service(remote.settings.nice, remote.slot).proc.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         remote.process(x[round(FS) : round(7 * FS)])  # 12 blocks while the process sleeps
@@ -83,7 +83,9 @@ async def test_streams_go_on_when_the_qemg_process_dies(caplog: pytest.LogCaptur
             if sink.estimates:
                 break
             await asyncio.sleep(0.05)
-        svc.service(QemgSettings().nice).proc.kill()
+        for st in pipe.streams.values():
+            assert isinstance(st.qemg, RemoteQemg)
+            svc.service(st.qemg.settings.nice, st.qemg.slot).proc.kill()
 
     with caplog.at_level(logging.ERROR, logger="streamemg.qemg.service"):
         await asyncio.gather(pipe.run(), kill_soon())
@@ -95,3 +97,19 @@ async def test_streams_go_on_when_the_qemg_process_dies(caplog: pytest.LogCaptur
     fresh.process(np.zeros((round(2.5 * FS), 1), dtype=np.float32))
     assert fresh.wait_idle(30.0) and fresh.samples_seen > 0
     fresh.close()
+
+
+@pytest.mark.timeout(120)
+def test_streams_are_dealt_to_several_qemg_processes() -> None:
+    settings = QemgSettings(processes=2, block_s=0.5)
+    a, b = RemoteQemg(FS, 1, settings), RemoteQemg(FS, 1, settings)
+    assert {a.slot, b.slot} == {0, 1}
+    pids = {svc.service(settings.nice, q.slot).proc.pid for q in (a, b)}
+    assert len(pids) == 2
+    x = EMGSimulator("normal", FS, seed=3).generate(round(2 * FS)).reshape(-1, 1)
+    for q in (a, b):
+        q.process(x)
+        assert q.wait_idle(30.0) and q.samples_seen == round(2 * FS)
+    assert svc.child_cpu_s() > 0 and (svc.child_rss_mb() or 0) > 10
+    a.close()
+    b.close()
