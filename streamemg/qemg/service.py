@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_BLOCKS = 4
 #: Messages waiting for the sender thread (all streams); beyond this new blocks are dropped.
 MAX_SEND_QUEUE = 4096
+#: A QEMG process that died is replaced after this many seconds (the streams' analyses start again from scratch).
+RESTART_S = 5.0
 
 
 class QemgService:
@@ -83,6 +85,7 @@ class QemgService:
         self._lock = threading.Lock()
         self.alive = True
         self.error: str | None = None
+        self.died_at: float | None = None  # time.monotonic() when it was found dead
         self._fresh: dict[int, tuple[threading.Event, list[Any]]] = {}
         threading.Thread(target=self._send_loop, name="streamemg-qemg-send", daemon=True).start()
         threading.Thread(target=self._recv_loop, name="streamemg-qemg-recv", daemon=True).start()
@@ -167,9 +170,11 @@ class QemgService:
         if not self.alive:
             return
         self.alive = False
+        self.died_at = time.monotonic()
         code = self.proc.poll()
         self.error = f"{what} (exit status {code})" if code is not None else what
-        log.error("%s: live streams go on being classified without QEMG", self.error)
+        log.error("%s: live streams go on being classified; their QEMG restarts in a new process within %g s",
+                  self.error, RESTART_S)
         with self._lock:
             waiters = list(self._fresh.values())
             self._fresh.clear()
@@ -205,10 +210,11 @@ def default_processes() -> int:
 
 
 def service(nice: int, slot: int = 0) -> QemgService:
-    """QEMG process number ``slot`` of this process, started on first use (and stopped at interpreter exit)."""
+    """QEMG process number ``slot`` of this process, started on first use (and stopped at interpreter exit); one
+    that died is replaced, at most once every ``RESTART_S`` (until then the dead one is returned)."""
     with _SERVICE_LOCK:
         svc = _SERVICES.get(slot)
-        if svc is None or not svc.alive:  # first use, or the last one died: start (again)
+        if svc is None or (not svc.alive and svc.died_at is not None and time.monotonic() - svc.died_at >= RESTART_S):
             svc = _SERVICES[slot] = QemgService(nice)
             atexit.register(svc.close)
         return svc
@@ -265,6 +271,7 @@ class RemoteQemg:
         self.sent_blocks = 0
         self.samples_seen = 0
         self._acks = 0  # blocks analysed (written by the receiver thread only; sent_blocks by the caller only)
+        self._lost = 0  # blocks in flight when a QEMG process died
         empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
         self._latest: tuple[QemgSummary, dict[str, Any]] = (empty, {**empty.to_dict(), "flags": {}})
         n = self.settings.processes or default_processes()
@@ -274,11 +281,22 @@ class RemoteQemg:
 
     def process(self, raw: npt.NDArray[np.floating]) -> None:
         """Take the next samples, float (n, C) µV (unfiltered); full blocks go to the QEMG process."""
-        for block in self.blocks.add(raw):
+        blocks = self.blocks.add(raw)
+        if blocks and not self._service.alive:
+            self._reattach()
+        for block in blocks:
             if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put(("block", self._id, block)):
                 self.dropped_blocks += 1  # the QEMG process is behind: a gap rather than an unbounded queue
                 continue
             self.sent_blocks += 1
+
+    def _reattach(self) -> None:
+        """The QEMG process died: move to its replacement once there is one (the analysis starts afresh there)."""
+        svc = service(self.settings.nice, self.slot)
+        if svc is not self._service and svc.alive:
+            self._service = svc
+            self._lost = self.sent_blocks - self._acks  # what was in flight is lost with the old process
+            self._id = svc.open(self)
 
     def _acked(self, seen: int, latest: tuple[QemgSummary, dict[str, Any]] | None) -> None:
         self._acks += 1
@@ -294,7 +312,7 @@ class RemoteQemg:
     @property
     def in_flight(self) -> int:
         """Blocks sent to the QEMG process and not yet analysed."""
-        return self.sent_blocks - self._acks
+        return self.sent_blocks - self._acks - self._lost
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until every block sent so far was analysed; False on timeout or if the QEMG process died."""
