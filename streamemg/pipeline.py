@@ -52,6 +52,7 @@ from .estimates import (
 from .model import ModelBundle
 from .qemg.analyser import QemgAnalyser, QemgSettings
 from .qemg.service import RemoteQemg
+from .qemg.service import supported as qemg_service_supported
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
@@ -218,7 +219,7 @@ class StreamState:
         live = bool(getattr(source, "realtime", True))  # live: in the QEMG process; files at full speed: inline
         self.qemg: QemgAnalyser | RemoteQemg | None = None
         if settings.qemg.enabled:
-            if settings.qemg.background and live:
+            if settings.qemg.background and live and qemg_service_supported():
                 self.qemg = RemoteQemg(info.fs, c, settings.qemg, phase)
             else:
                 self.qemg = QemgAnalyser(info.fs, c, settings.qemg, phase)

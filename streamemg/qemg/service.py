@@ -198,6 +198,12 @@ class QemgService:
             conn.close()
 
 
+def supported() -> bool:
+    """Whether QEMG processes can run here (they talk over inherited pipe descriptors: POSIX only; elsewhere the
+    pipeline analyses live streams inline)."""
+    return os.name == "posix"
+
+
 _SERVICES: dict[int, QemgService] = {}
 _SERVICE_LOCK = threading.Lock()
 _NEXT_SLOT = itertools.count()
