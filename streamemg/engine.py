@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import gc
 import logging
 import math
 import os
@@ -101,6 +102,12 @@ class EngineSettings:
         cuda_graphs: on CUDA, capture the model once per batch-size bucket (powers of two up to ``max_batch``) and
             replay the graph, padding a batch up to its bucket, where a timed replay beats the eager call at
             warm-up. Ignored on a CPU.
+        freeze_heap: when the first engine of the process has started (model built and warmed up), collect
+            garbage once and move every object alive then (torch, the model, the imported modules: about 210 000)
+            out of the cyclic garbage collector's reach (:func:`gc.freeze`). Without it, a full collection scanned
+            them all and stopped the event loop for 130-170 ms in the middle of a live run, enough on its own to
+            push the p99 latency of 64 LSL streams past 50 ms (docs/performance.md). Objects made later are
+            collected as usual.
     """
 
     # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
@@ -116,6 +123,7 @@ class EngineSettings:
     warmup: bool = True
     optimize: str = "auto"
     cuda_graphs: bool = True
+    freeze_heap: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.max_batch) and self.max_batch >= 1):
@@ -142,6 +150,8 @@ class EngineSettings:
             )
         if not isinstance(self.cuda_graphs, bool):
             raise ConfigError(f"EngineSettings.cuda_graphs={self.cuda_graphs!r}: must be true or false")
+        if not isinstance(self.freeze_heap, bool):
+            raise ConfigError(f"EngineSettings.freeze_heap={self.freeze_heap!r}: must be true or false")
 
 
 def _is_int(v: object) -> bool:
@@ -623,6 +633,8 @@ class InferenceEngine:
                 self.stats.errors += 1
                 log.warning("engine warm-up on %s took longer than %.1f s", self.device, self.settings.timeout_s)
                 self._replace_executor()
+        if self.settings.freeze_heap:
+            _freeze_startup_heap()
         self._task = asyncio.create_task(self._worker(), name="streamemg-engine")
         return self
 
@@ -913,6 +925,25 @@ class InferenceEngine:
         for i in range(0, arr.shape[0], step):
             out[i : i + step] = self._forward_robust(torch.from_numpy(arr[i : i + step]))
         return out
+
+
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process: collect garbage, then keep the objects alive now out of later collections (gc.freeze).
+
+    Collecting first means only live objects are frozen (garbage frozen now could never be reclaimed).
+    """
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    t0 = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    took_ms = (time.perf_counter() - t0) * 1e3
+    log.debug("heap frozen after start-up: %d objects, %.0f ms", gc.get_freeze_count(), took_ms)
 
 
 def _best_time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
