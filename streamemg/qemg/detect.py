@@ -76,7 +76,7 @@ class Detector:
         self.piece = max(4, round(noise_piece_ms * fs / 1000.0))
         self.noise_pieces = 50
         self._partial = np.zeros((0, self.n_channels))  # samples of the piece in progress
-        self._rms: list[np.ndarray] = []  # RMS (C,) of the complete pieces since the last noise update
+        self._rms = np.zeros((0, self.n_channels))  # RMS of the complete pieces since the last noise update
         self.keep = self.pre + self.post + self.dead
         self._offsets = np.arange(-self.pre, self.post, dtype=np.int64)
         self.buf = np.zeros((self.n_channels, 0), dtype=np.float64)
@@ -99,16 +99,20 @@ class Detector:
         if k == 0:
             return
         pieces = x[: k * self.piece].reshape(k, self.piece, self.n_channels)
-        self._rms.extend(np.sqrt(np.mean(np.square(pieces), axis=1)))
-        while len(self._rms) >= self.noise_pieces:
-            batch = np.asarray(self._rms[: self.noise_pieces])
-            del self._rms[: self.noise_pieces]
-            est = np.partition(batch, self.noise_pieces // 5, axis=0)[self.noise_pieces // 5]  # 20th percentile
-            first = ~np.isfinite(self.noise)
-            self.noise = np.where(first, est, 0.8 * np.where(first, 0.0, self.noise) + 0.2 * est)
-        if not np.isfinite(self.noise).all() and len(self._rms) >= 4:  # a first estimate from what there is
-            est = np.percentile(np.asarray(self._rms), 20.0, axis=0)
-            self.noise = np.where(np.isfinite(self.noise), self.noise, est)
+        rms = np.sqrt(np.einsum("kpc,kpc->kc", pieces, pieces) / self.piece)
+        rms = np.concatenate([self._rms, rms]) if self._rms.shape[0] else rms
+        nb = rms.shape[0] // self.noise_pieces  # complete batches: all their 20th percentiles at once
+        if nb:
+            q = self.noise_pieces // 5
+            est = np.partition(rms[: nb * self.noise_pieces].reshape(nb, self.noise_pieces, -1), q, axis=1)[:, q]
+            noise = self.noise
+            for b in range(nb):  # nb is a few per block; each batch moves the estimate 20% of the way
+                noise = np.where(np.isfinite(noise), 0.8 * noise + 0.2 * est[b], est[b])
+            self.noise = noise
+        self._rms = rms[nb * self.noise_pieces :]
+        if not np.isfinite(self.noise).all() and self._rms.shape[0] >= 4:  # a first estimate from what there is
+            est0 = np.percentile(self._rms, 20.0, axis=0)
+            self.noise = np.where(np.isfinite(self.noise), self.noise, est0)
 
     def process(self, block: npt.NDArray[np.floating]) -> list[Detections]:
         """Take the next samples, float (n, C) µV; return the candidates that became decidable, per channel."""
