@@ -19,9 +19,11 @@ Its measures over a dropped block's gap stay valid (the templates are means; an 
 of the firing-rate statistics as an outlier), only based on less signal.
 
 Messages are pickled tuples over two pipes (``multiprocessing.connection.Connection``): to the child
-``("open", id, fs, channels, settings, phase)``, ``("block", id, samples)``, ``("fresh", id)``, ``("close", id)``;
-from it ``("ack", id, samples_seen, summary | None, summary_dict | None)`` per block, ``("fresh", id, samples_seen,
-summary, summary_dict)`` and ``("error", text)``. One
+``("open", id, fs, channels, settings, phase)``, ``("block", id, samples)``, ``("want", id, on)``, ``("fresh", id)``,
+``("close", id)``; from it ``("ack", id, samples_seen, summary | None, summary_dict | None)`` per block (the dict
+when a new measurement was taken, the summary with units and templates too while the stream is wanted: it is the
+bulk of the traffic and only the stream view needs it), ``("full", id, summary, summary_dict)`` on ``want``,
+``("fresh", id, samples_seen, summary, summary_dict)`` and ``("error", text)``. One
 thread sends (a full pipe never blocks the event loop: the queue in front of it is bounded), one receives. If the
 child dies, the streams keep being classified; their QEMG stops, and the error is logged once.
 """
@@ -56,6 +58,8 @@ MAX_QUEUED_BLOCKS = 4
 MAX_SEND_QUEUE = 4096
 #: A QEMG process that died is replaced after this many seconds (the streams' analyses start again from scratch).
 RESTART_S = 5.0
+#: Units and templates of a stream come back from the QEMG process while summary() was asked for within this (s).
+WANT_S = 10.0
 
 
 class QemgService:
@@ -145,7 +149,12 @@ class QemgService:
                 _, cid, seen, summ, d = msg
                 client = self._clients.get(cid)
                 if client is not None:
-                    client._acked(seen, (summ, d) if summ is not None else None)
+                    client._acked(seen, summ, d)
+            elif kind == "full":
+                _, cid, summ, d = msg
+                client = self._clients.get(cid)
+                if client is not None:
+                    client._full, client._dict = summ, d
             elif kind == "fresh":
                 _, cid, seen, summ, d = msg
                 with self._lock:
@@ -279,7 +288,9 @@ class RemoteQemg:
         self._acks = 0  # blocks analysed (written by the receiver thread only; sent_blocks by the caller only)
         self._lost = 0  # blocks in flight when a QEMG process died
         empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
-        self._latest: tuple[QemgSummary, dict[str, Any]] = (empty, {**empty.to_dict(), "flags": {}})
+        self._full = empty  # the latest measurement with its units and templates (only while someone looks)
+        self._dict: dict[str, Any] = {**empty.to_dict(), "flags": {}}  # its compact form (always)
+        self._wanted_at: float | None = None  # when summary() was last asked for (the stream view)
         n = self.settings.processes or default_processes()
         self.slot = next(_NEXT_SLOT) % n  # streams are dealt to the QEMG processes in turn
         self._service = service(self.settings.nice, self.slot)
@@ -288,8 +299,13 @@ class RemoteQemg:
     def process(self, raw: npt.NDArray[np.floating]) -> None:
         """Take the next samples, float (n, C) µV (unfiltered); full blocks go to the QEMG process."""
         blocks = self.blocks.add(raw)
-        if blocks and not self._service.alive:
+        if not blocks:
+            return
+        if not self._service.alive:
             self._reattach()
+        if self._wanted_at is not None and time.monotonic() - self._wanted_at > WANT_S:
+            self._service.put(("want", self._id, False))  # nobody looks at this stream's units any more
+            self._wanted_at = None
         for block in blocks:
             if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put(("block", self._id, block)):
                 self.dropped_blocks += 1  # the QEMG process is behind: a gap rather than an unbounded queue
@@ -303,12 +319,15 @@ class RemoteQemg:
             self._service = svc
             self._lost = self.sent_blocks - self._acks  # what was in flight is lost with the old process
             self._id = svc.open(self)
+            self._wanted_at = None
 
-    def _acked(self, seen: int, latest: tuple[QemgSummary, dict[str, Any]] | None) -> None:
+    def _acked(self, seen: int, summ: QemgSummary | None, d: dict[str, Any] | None) -> None:
         self._acks += 1
         self.samples_seen = seen
-        if latest is not None:
-            self._latest = latest  # one reference swap
+        if summ is not None:
+            self._full = summ
+        if d is not None:
+            self._dict = d  # one reference swap
 
     @property
     def analysed_blocks(self) -> int:
@@ -328,20 +347,29 @@ class RemoteQemg:
         return self.in_flight == 0
 
     def summary(self, fresh: bool = False, timeout: float = 30.0) -> QemgSummary:
-        """The latest measurement; with ``fresh``, one taken now after every sample given so far (the block in
-        progress cut short, as :meth:`QemgAnalyser.summary` does) was analysed: waits for the QEMG process."""
+        """The latest measurement with its units (templates, discharge times); with ``fresh``, one taken now after
+        every sample given so far (the block in progress cut short, as :meth:`QemgAnalyser.summary` does) was
+        analysed: waits for the QEMG process.
+
+        Units and templates come over from the QEMG process only while someone asks for them (the stream view),
+        and for ``WANT_S`` after: the first call asks and returns what is there; the latest arrives at once."""
         if fresh:
             rest = self.blocks.take_rest()
             if rest is not None and self._service.put(("block", self._id, rest), force=True):
                 self.sent_blocks += 1
             got = self._service.fresh(self._id, timeout)
             if got is not None:
-                self._latest = got
-        return self._latest[0]
+                self._full, self._dict = got
+        elif self._wanted_at is None:
+            if self._service.put(("want", self._id, True)):
+                self._wanted_at = time.monotonic()
+        else:
+            self._wanted_at = time.monotonic()
+        return self._full
 
     def summary_dict(self) -> dict[str, Any]:
         """The latest measurement in the compact JSON form estimates carry as ``qemg`` (with ``flags``)."""
-        return self._latest[1]
+        return self._dict
 
     def close(self) -> None:
         """Free this stream's state in the QEMG process."""
@@ -355,6 +383,7 @@ class RemoteQemg:
 
 def _serve(work: Connection, results: Connection) -> None:
     analysers: dict[int, QemgAnalyser] = {}
+    wanted: set[int] = set()  # streams whose units and templates go back with every new measurement
     while True:
         try:
             msg = work.recv()
@@ -368,7 +397,7 @@ def _serve(work: Connection, results: Connection) -> None:
                 an.process(msg[2])
                 latest = an._latest
                 if latest is not None and latest is not before:
-                    results.send(("ack", cid, an.samples_seen, latest[0], latest[1]))
+                    results.send(("ack", cid, an.samples_seen, latest[0] if cid in wanted else None, latest[1]))
                 else:
                     results.send(("ack", cid, an.samples_seen, None, None))
             elif kind == "open":
@@ -378,8 +407,17 @@ def _serve(work: Connection, results: Connection) -> None:
                 an = analysers[cid]
                 summ = an.summary(fresh=True)
                 results.send(("fresh", cid, an.samples_seen, summ, an.summary_dict()))
+            elif kind == "want":
+                if msg[2]:
+                    wanted.add(cid)
+                    an = analysers[cid]
+                    if an._latest is not None:
+                        results.send(("full", cid, an._latest[0], an._latest[1]))
+                else:
+                    wanted.discard(cid)
             elif kind == "close":
                 analysers.pop(cid, None)
+                wanted.discard(cid)
         except Exception:  # one stream's failure must not stop the others' analysis
             results.send(("error", traceback.format_exc()))
             if kind == "block":

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 import pytest
 
@@ -40,6 +41,13 @@ def test_remote_analysis_equals_inline_analysis_block_for_block() -> None:
     assert remote.dropped_blocks == 0 and remote.sent_blocks >= 4
     assert all(a == b for a, b in published)  # the same measurement published at the same moments
     assert published[-1][1]["units"] >= 1
+    # units and templates come over once asked for (the stream view): the latest published measurement, whole
+    assert remote.summary().units == () or _units(remote.summary()) == _units(inline.summary())
+    for _ in range(200):
+        if remote.summary().units:
+            break
+        time.sleep(0.01)
+    assert _units(remote.summary()) == _units(inline.summary()) and remote.summary().units
     a, b = inline.summary(fresh=True), remote.summary(fresh=True)  # the block in progress included on both sides
     assert remote.samples_seen == inline.samples_seen == x.shape[0]
     assert _units(a) == _units(b) and len(a.units) >= 1
