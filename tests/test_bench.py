@@ -397,3 +397,15 @@ def test_cli_bench_json_tiny_run(bundle, tmp_path, capsys: pytest.CaptureFixture
     assert run["fleet"]["outlets"] == 4 and run["fleet"]["ticks"] > 0 and "lateness_ms_p99" in run["fleet"]
     assert cap["capacity_streams"] in (0, 4) and (cap["capacity_streams"] == 4) == run["keeps_up"]
     assert isinstance(report["lsl"], dict) and report["lsl"]["lost"] == 0, report["lsl"]  # the LSL ingest latency
+
+
+def test_report_table_shows_the_capacity_with_and_without_qemg(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamemg.cli.bench import print_report
+
+    print_report({"qemg": True, "capacity_streams": 896, "qemg_cost": {
+        "capacity_streams_qemg_off": 960, "capacity_fall": 0.067, "qemg_process_cpu_at_capacity": 0.71,
+        "qemg_analysed_at_capacity": 0.42}})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "896" in out and "QEMG on" in out
+    assert "capacity, QEMG off" in out and "960" in out
+    assert "QEMG costs 6.7 % of capacity" in out and "0.71 cores" in out and "analysed 42 %" in out

@@ -271,13 +271,16 @@ async def run_bench(
         pipe_settings = replace(pipe_settings, qemg=replace(pipe_settings.qemg, enabled=False))
     report["qemg"] = bool(pipe_settings.qemg.enabled)
 
-    async def realtime(n: int, es: EngineSettings, dashboard: bool = False, tag: str = "") -> RealtimeResult:
+    async def realtime(n: int, es: EngineSettings, dashboard: bool = False, tag: str = "",
+                       settings: PipelineSettings | None = None) -> RealtimeResult:
         say(f"real time: {n} streams (max_batch {es.max_batch}, max_wait {es.max_wait_ms:g} ms){tag}")
         r = await run_realtime(bundle, n, es, templates, s.run_s, s.warm_s, s.fs, s.chunk_ms, s.spread,
-                               measure_dashboard=dashboard, settings=pipe_settings)
+                               measure_dashboard=dashboard, settings=settings or pipe_settings)
         runs[f"{n}{tag}"] = r.as_dict()
+        qemg = f", QEMG process {r.qemg_cpu:.2f} cores, {100 * r.qemg_analysed:.0f}% analysed" if math.isfinite(
+            r.qemg_analysed) else ""
         say(f"  -> keeps up: {r.keeps_up}; p50 {r.latency_ms_p50:.1f} ms, p99 {r.latency_ms_p99:.1f} ms, "
-            f"cpu {r.cpu:.2f} cores {r.reason}")
+            f"cpu {r.cpu:.2f} cores{qemg} {r.reason}")
         return r
 
     if not s.quick and s.max_wait_ms is None and s.waits_ms:
@@ -367,6 +370,22 @@ async def run_bench(
         cap, tried = await search_capacity(keeps_up, known, s.capacity_limit, s.capacity_step)
         report["capacity_streams"] = cap
         report["capacity_tried"] = tried
+        if pipe_settings.qemg.enabled:
+            # what QEMG costs the classification: the same search with it off, starting from the runs above
+            off = replace(pipe_settings, qemg=replace(pipe_settings.qemg, enabled=False))
+
+            async def keeps_up_off(n: int) -> bool:
+                return (await realtime(n, engine_settings, tag=" no QEMG", settings=off)).keeps_up
+
+            cap_off, tried_off = await search_capacity(keeps_up_off, {}, s.capacity_limit, s.capacity_step)
+            at_cap = runs.get(str(cap), {})
+            report["qemg_cost"] = {
+                "capacity_streams_qemg_off": cap_off,
+                "capacity_tried_qemg_off": tried_off,
+                "capacity_fall": round(1.0 - cap / cap_off, 3) if cap_off else None,
+                "qemg_process_cpu_at_capacity": at_cap.get("qemg_cpu"),
+                "qemg_analysed_at_capacity": at_cap.get("qemg_analysed"),
+            }
     report["realtime_runs"] = runs
 
     if s.lsl:
@@ -388,6 +407,9 @@ async def run_bench(
             (row["batched_vs_single"] or 0.0) > 1.0 for row in report["scaling"]
         ),
     }
+    fall = (report.get("qemg_cost") or {}).get("capacity_fall")
+    if fall is not None:
+        report["targets"]["qemg_capacity_fall<=0.25"] = bool(fall <= 0.25)
     report["load_avg_end"] = _load()
     report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     return report

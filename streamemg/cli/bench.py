@@ -143,12 +143,21 @@ def print_report(report: dict[str, Any]) -> None:
         ("one call per window", report.get("windows_per_s_single"), "windows/s (model as built)"),
         ("batched vs single", report.get("batched_vs_single"),
          f"x (batching alone: {_fmt(report.get('batching_gain'), 2)} x)"),
-        ("capacity", report.get("capacity_streams"), "real-time 8 kHz streams (p99 < 50 ms, no backlog)"),
+        ("capacity", report.get("capacity_streams"), "real-time 8 kHz streams (p99 < 50 ms, no backlog)"
+         + (", QEMG on" if report.get("qemg") else ", QEMG off")),
         ("latency @ 64 streams", report.get("latency_ms_p50"), f"ms p50, {_fmt(report.get('latency_ms_p99'))} ms p99"),
         ("ingest", report.get("ingest_us_per_chunk"), "µs per 10 ms chunk (ring buffer + DSP)"),
         ("memory", report.get("rss_mb_per_stream"), "MiB per stream"),
         ("chosen", report.get("chosen_max_batch"), f"max_batch, max_wait {report.get('chosen_max_wait_ms')} ms"),
     ]
+    qc = report.get("qemg_cost")
+    if isinstance(qc, dict):
+        share = qc.get("qemg_analysed_at_capacity")
+        rows.insert(rows.index(next(r for r in rows if r[0] == "capacity")) + 1, (
+            "capacity, QEMG off", qc.get("capacity_streams_qemg_off"),
+            f"streams (QEMG costs {_fmt(100 * (qc.get('capacity_fall') or 0.0))} % of capacity; at capacity the QEMG "
+            f"process used {_fmt(qc.get('qemg_process_cpu_at_capacity'), 2)} cores and analysed "
+            f"{'-' if share is None else f'{100 * share:.0f}'} % of the blocks)"))
     for name, value, unit in rows:
         head.add_row(name, _fmt(value, 2 if isinstance(value, float) and abs(value) < 10 else 1), unit)
     console.print(head)
