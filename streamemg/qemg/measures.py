@@ -109,15 +109,16 @@ def waveform_measures(
         return WaveformMeasures(amp, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
     peak = int(np.argmax(np.abs(w)))
     gap = max(1, round(gap_ms * fs / 1000.0))
-    # runs of above-threshold samples, merged across gaps shorter than ``gap``; keep the one holding the peak
-    breaks = np.flatnonzero(np.diff(above) > gap)
-    starts = np.concatenate([[above[0]], above[breaks + 1]])
-    ends = np.concatenate([above[breaks], [above[-1]]])
-    which = int(np.searchsorted(ends, peak))
-    which = min(which, starts.size - 1)
-    onset, end = int(starts[which]), int(ends[which])
+    onset, end = _stretch(above, peak, gap)
     if thr > rel * amp:  # the noise hides the rel level: follow each end out to where it reaches the baseline
         sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
+        # the smoothed template is less noisy: phases that the raw noise bound hid but that stand clear of the
+        # smoothed template's own noise (its first and last 2 ms) belong to the potential too
+        e = max(1, min(round(0.002 * fs), w.size // 4))
+        thr_sm = max(rel * amp, k_noise * float(np.concatenate([sm[:e], sm[-e:]]).std()))
+        if thr_sm < thr:
+            on2, end2 = _stretch(np.flatnonzero(np.abs(sm) >= thr_sm), peak, gap)
+            onset, end = min(onset, on2), max(end, end2)
         onset = _to_baseline(sm, onset, -1, rel * amp)
         end = _to_baseline(sm, end, 1, rel * amp)
     seg = w[onset : end + 1]
@@ -137,6 +138,18 @@ def waveform_measures(
         end=end,
         initial_positive=bool(big.size and big[0] > 0),
     )
+
+
+def _stretch(above: npt.NDArray[np.intp], peak: int, gap: int) -> tuple[int, int]:
+    """First and last index of the run of ``above`` (increasing sample indices) that holds ``peak`` (or the first run
+    ending at or after it), runs closer than ``gap`` samples merged."""
+    if above.size == 0:
+        return peak, peak
+    breaks = np.flatnonzero(np.diff(above) > gap)
+    starts = np.concatenate([[above[0]], above[breaks + 1]])
+    ends = np.concatenate([above[breaks], [above[-1]]])
+    which = min(int(np.searchsorted(ends, peak)), starts.size - 1)
+    return int(starts[which]), int(ends[which])
 
 
 def _smooth(w: F64, n: int) -> F64:
