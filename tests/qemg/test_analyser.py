@@ -21,27 +21,30 @@ def _recovery(cls: str, seeds: range, effort: float | None = None) -> tuple[int,
 
 def test_ground_truth_recovery_als_meets_the_target() -> None:
     """Measured (docs/qemg.md, seeds 0-4, 10 s each): 9 of 10 ALS units that fire >= 5 times have amplitude within
-    10% and duration within 2 ms (the target is 80%); 9 of 10 have the firing rate within 1 Hz."""
+    10% and duration within 2 ms (the target is 80%); 10 of 10 have the firing rate within 1 Hz of the true rate
+    while they fire."""
     n, ok, rate_ok, with_rate = _recovery("als", range(5))
     assert n >= 8 and ok / n >= 0.8, (ok, n)
-    assert rate_ok / with_rate >= 0.8, (rate_ok, with_rate)
+    assert rate_ok / with_rate >= 0.9, (rate_ok, with_rate)
 
 
 def test_ground_truth_recovery_normal_and_myopathy_below_the_target() -> None:
-    """Measured: normal 14 of 35 units within both bounds (40%), myopathy 36 of 86 (42%): the 80% target is NOT
-    reached (a quarter to a third of the units in view sit below the detection threshold; docs/qemg.md). 38 of 51
-    myopathic units found with a rate have it within 1 Hz. Bounds sit just under the measured figures so a
-    regression fails."""
-    n, ok, _, _ = _recovery("normal", range(5))
+    """Measured: normal 14 of 35 units within both bounds (40%), myopathy 37 of 86 (43%): the 80% target is NOT
+    reached (a quarter of the units in view sit below the detection threshold, similar units are not separated;
+    docs/qemg.md). 13 of 22 normal and 45 of 51 myopathic units found with a rate have it within 1 Hz. Bounds sit
+    just under the measured figures so a regression fails."""
+    n, ok, rate_ok, with_rate = _recovery("normal", range(5))
     assert n >= 30 and ok / n >= 0.37, (ok, n)
+    assert rate_ok / with_rate >= 0.55, (rate_ok, with_rate)
     n, ok, rate_ok, with_rate = _recovery("myopathy", range(5))
-    assert n >= 60 and ok / n >= 0.38, (ok, n)
-    assert rate_ok / with_rate >= 0.7, (rate_ok, with_rate)
+    assert n >= 60 and ok / n >= 0.41, (ok, n)
+    assert rate_ok / with_rate >= 0.85, (rate_ok, with_rate)
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
     """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 4.1 / 3.5 / 1.9%
-    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy)."""
+    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy); the median rate error 0.91 /
+    0.39 / 0.21 Hz."""
     for cls, amp_bound, dur_bound in (("normal", 0.06, 1.8), ("als", 0.05, 1.0), ("myopathy", 0.03, 0.6)):
         rs = [r for s in range(5) for r in score(cls, s) if r.found]
         assert len(rs) >= 8
