@@ -19,6 +19,7 @@ discharges, after its baseline was removed):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -156,8 +157,15 @@ def _smooth(w: F64, n: int) -> F64:
     """Centred moving average over ``n`` samples (ends averaged over what there is)."""
     if n <= 1:
         return w
-    k = np.ones(n)
-    return np.asarray(np.convolve(w, k, "same") / np.convolve(np.ones(w.size), k, "same"), dtype=np.float64)
+    return np.asarray(np.convolve(w, np.ones(n), "same") / _smooth_norm(w.size, n), dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _smooth_norm(size: int, n: int) -> F64:
+    """How many samples each output of :func:`_smooth` averages (one template length and width per stream)."""
+    out = np.convolve(np.ones(size), np.ones(n), "same")
+    out.flags.writeable = False
+    return out
 
 
 def _to_baseline(sm: F64, start: int, step: int, level: float) -> int:
