@@ -9,9 +9,9 @@ URIs::
     lsl:Amp1                       short for lsl:name=Amp1
 
 Query parameters (after ``?``): ``channels=emg|all|LABEL,LABEL`` (default ``emg``: the channels typed EMG when
-the stream declares channel types, else all), ``poll_ms`` (5), ``chunk_ms`` (50, largest chunk per pull),
-``lost_s`` (2: silence after which an outlet that is no longer visible counts as lost), ``dejitter`` (1),
-``buffer_s`` (30, inlet buffer).
+the stream declares channel types, else all), ``poll_ms`` (1: the shortest poll interval), ``chunk_ms`` (50,
+largest chunk per pull), ``lost_s`` (2: silence after which an outlet that is no longer visible counts as
+lost), ``dejitter`` (1), ``buffer_s`` (30, inlet buffer).
 
 How it works
 ------------
@@ -23,7 +23,7 @@ How it works
   (``proc_clocksync | proc_dejitter | proc_monotonize``). Opening (connect, full description, the first
   clock-offset estimate, which takes about 0.6 s) runs on a small pool off the event loop, so a new stream
   never delays the ones already flowing.
-* One poll task pulls every inlet every ``poll_ms`` (adaptive: see :class:`LSLSourceSettings`) on the event
+* One poll task pulls every inlet every ``poll_ms`` or more (adaptive: see :data:`_POLL_PER_INLET_S`) on the event
   loop itself: ``pull_chunk(timeout=0.0, max_samples=bounded, dest_obj=preallocated)`` through liblsl's C call
   with its arguments built once and *without releasing the GIL*: it returns at once with what has arrived
   (about 1.3 µs for an empty pull), nothing waits inside liblsl, and no memory is allocated for the samples
@@ -95,7 +95,10 @@ class LSLSourceSettings:
     Attributes:
         query: ((property, value), ...): all must match; properties from :data:`QUERY_PROPS`.
         channels: "emg", "all" or comma-separated channel labels (see :func:`streamemg.lsl.executor.plan_channels`).
-        poll_s: seconds between pulls (the added latency is at most about this).
+        poll_s: the shortest interval between two passes over the inlets, seconds. The interval grows with the
+            number of open inlets (:data:`_POLL_PER_INLET_S` each) and with the time a pass takes, so a few
+            streams are polled every millisecond (low latency) and hundreds less often, in larger chunks (less
+            CPU per sample, fuller batches).
         chunk_s: the largest chunk one pull returns, seconds of samples (bounds ``max_samples``).
         max_pulls: pulls per stream per poll when a backlog has built up (after a stall).
         scan_s: seconds between looks at the resolver's list of streams.
@@ -119,7 +122,7 @@ class LSLSourceSettings:
 
     query: tuple[tuple[str, str], ...]
     channels: str = "emg"
-    poll_s: float = 0.005
+    poll_s: float = 0.001
     chunk_s: float = 0.05
     max_pulls: int = 16
     scan_s: float = 0.25
@@ -152,7 +155,7 @@ class LSLSourceSettings:
         if not self.channels.strip():
             raise ConfigError("LSLSourceSettings.channels='': use emg, all or a comma-separated list of labels")
         positive = {
-            "poll_s": (self.poll_s, "e.g. poll_ms=5"),
+            "poll_s": (self.poll_s, "e.g. poll_ms=1"),
             "chunk_s": (self.chunk_s, "e.g. chunk_ms=50"),
             "scan_s": (self.scan_s, "e.g. 0.25"),
             "forget_s": (self.forget_s, "e.g. 2"),
@@ -378,6 +381,11 @@ _END = object()
 
 #: the poll interval is at least this many times the time one pass took (adaptive polling)
 _POLL_DUTY = 4.0
+#: ... and at least this much per open inlet (s): 1.2 ms for 8 inlets, 4.8 ms for 32, 9.6 ms for 64, the cap
+#: from 167 on. Polling faster than the data arrives only splits it into more, smaller hand-offs and engine
+#: batches: at 32 streams a 1 ms interval cost 0.14 core more than 5 ms (docs/performance.md), while at 1-8
+#: streams it takes about 2 ms off the median decision latency for 0.05-0.08 core.
+_POLL_PER_INLET_S = 0.00015
 #: ... and at most this long (s), whatever a pass took
 _MAX_POLL_S = 0.025
 #: a stream found but not open after this long (s) is shown as connecting
@@ -920,6 +928,7 @@ class LSLSource:
                 for st in self._streams.values()
                 if st.inlet is not None and st.reader is not None
             ]
+            n_open = len(batch)
             if batch:
                 # on the loop, not in a thread: zero-timeout pulls never wait, and a thread would pay a GIL
                 # hand-off per pull (module docstring)
@@ -945,11 +954,12 @@ class LSLSource:
                 for stream, error in lost:
                     kind = "outlet closed" if isinstance(error, self._lost_error) else f"inlet failed ({error})"
                     await self._lose(stream, kind)
-            # Adaptive interval: a pass (pull every inlet + hand the chunks over) may use at most 1/_POLL_DUTY of
-            # it, so with hundreds of inlets the source polls less often and pulls larger chunks instead of
-            # spending the loop's core on empty pulls; with a few inlets it polls every poll_s.
+            # Adaptive interval: at least _POLL_PER_INLET_S per open inlet, and a pass (pull every inlet + hand the
+            # chunks over) may use at most 1/_POLL_DUTY of it, so with hundreds of inlets the source polls less
+            # often and pulls larger chunks instead of spending the loop's core on empty pulls; with a few inlets
+            # it polls every poll_s.
             busy = loop.time() - started
-            deadline += max(s.poll_s, min(_MAX_POLL_S, _POLL_DUTY * busy))
+            deadline += max(s.poll_s, min(_MAX_POLL_S, max(_POLL_PER_INLET_S * n_open, _POLL_DUTY * busy)))
             delay = deadline - loop.time()
             if delay < 0:  # fell behind (busy machine): do not try to catch up with a burst of polls
                 deadline = loop.time()
