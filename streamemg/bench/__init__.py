@@ -98,7 +98,10 @@ class BenchSettings:
         lsl, mqtt, dashboard: run those parts (``lsl``: the LSL ingest latency and the LSL capacity runs).
         latency_counts: stream counts of the latency-by-load runs (in-process sources, the chosen engine settings).
         lsl_counts: outlet counts of the LSL capacity runs (None: 32, 128 quick; 64, 128, 256, 512 full), run in
-            ascending order until one does not keep up.
+            ascending order until one does not keep up. The outlets push 10 ms chunks (``chunk_ms``).
+        lsl_chunk_ms: further chunk lengths (ms) for the LSL outlets: each adds a capacity series at the same
+            counts, reported beside the 10 ms one (``lsl_capacity_by_chunk_ms``). Larger chunks cost the outlets
+            (and liblsl on both sides) less per sample; the 10 ms figure stays the headline.
         qemg: run the pipeline's per-stream QEMG analysis in the real-time runs (as shipped); False measures the
             classification path alone.
         model_path: the bundle's file (None = the shipped model), for the memory measurement's fresh process.
@@ -126,6 +129,7 @@ class BenchSettings:
     model_path: str | None = None
     latency_counts: tuple[int, ...] = (1, 8, 32, 128)
     lsl_counts: tuple[int, ...] | None = None
+    lsl_chunk_ms: tuple[float, ...] = ()
     qemg: bool = True
 
     def __post_init__(self) -> None:
@@ -153,6 +157,8 @@ class BenchSettings:
             counts = getattr(self, name)
             if counts is not None and not (counts and all(isinstance(n, int) and n >= 1 for n in counts)):
                 raise ConfigError(f"BenchSettings.{name}={counts!r}: give stream counts >= 1, e.g. (1, 8, 32, 128)")
+        if not all(isinstance(c, (int, float)) and math.isfinite(c) and 1.0 <= c <= 1000.0 for c in self.lsl_chunk_ms):
+            raise ConfigError(f"BenchSettings.lsl_chunk_ms={self.lsl_chunk_ms!r}: give chunk lengths of 1-1000 ms")
 
     @property
     def run_s(self) -> float:
@@ -394,6 +400,13 @@ async def run_bench(
         say("LSL capacity (outlets in a separate process)")
         counts = s.lsl_counts or ((32, 128) if s.quick else (64, 128, 256, 512))
         report["lsl_capacity"] = await _lsl_capacity_figures(bundle, engine_settings, counts, s, pipe_settings, say)
+        if s.lsl_chunk_ms:
+            by_chunk: dict[str, Any] = {}
+            for chunk_ms in s.lsl_chunk_ms:
+                say(f"LSL capacity with {chunk_ms:g} ms chunks (an additional figure)")
+                by_chunk[f"{chunk_ms:g}"] = await _lsl_capacity_figures(bundle, engine_settings, counts, s,
+                                                                        pipe_settings, say, chunk_ms=chunk_ms)
+            report["lsl_capacity_by_chunk_ms"] = by_chunk
     if s.mqtt:
         say("MQTT ingest")
         report["mqtt"] = await _mqtt_figures(s.quick)

@@ -281,6 +281,7 @@ async def run_lsl_realtime(
     stats = pipe.engine.stats if pipe.engine is not None else None
     return {
         "streams": n_streams,
+        "chunk_ms": chunk_ms,
         "keeps_up": not reasons,
         "reason": "; ".join(reasons),
         "open_s": round(open_s, 2) if math.isfinite(open_s) else None,
@@ -311,26 +312,30 @@ async def measure_lsl_capacity(
     warmup_s: float = 2.0,
     progress: Any = None,
     settings: PipelineSettings | None = None,
+    chunk_ms: float = 10.0,
 ) -> dict[str, Any]:
     """:func:`run_lsl_realtime` at each count (ascending; stops after the first count that does not keep up).
 
-    Returns ``{"runs": [...], "capacity_streams": largest count that kept up (0: none)}``.
+    Returns ``{"runs": [...], "capacity_streams": largest count that kept up (0: none), "chunk_ms": ...}``.
     """
     runs: list[dict[str, Any]] = []
     capacity = 0
     for n in sorted(set(counts)):
         if progress is not None:
-            progress(f"LSL capacity: {n} outlets in another process")
-        r = await run_lsl_realtime(bundle, n, engine_settings, duration_s, warmup_s, settings=settings)
+            progress(f"LSL capacity: {n} outlets in another process, {chunk_ms:g} ms chunks")
+        r = await run_lsl_realtime(bundle, n, engine_settings, duration_s, warmup_s, chunk_ms=chunk_ms,
+                                   settings=settings)
         runs.append(r)
         if progress is not None:
             fl = r.get("fleet", {})
-            progress(f"  -> keeps up: {r['keeps_up']}; p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms, "
-                     f"cpu {r['cpu']}, outlets late p99 {fl.get('lateness_ms_p99')} ms {r['reason']}")
+            progress(f"  -> keeps up: {r['keeps_up']}; p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms "
+                     f"(due -> pipeline p99 {r['to_pipeline_ms_p99']}, in pipeline p99 {r['in_pipeline_ms_p99']}), "
+                     f"cpu {r['cpu']}, outlets late p99 {fl.get('lateness_ms_p99')} ms, outlets cpu "
+                     f"{fl.get('cpu_cores')} {r['reason']}")
         if not r["keeps_up"]:
             break
         capacity = n
-    return {"runs": runs, "capacity_streams": capacity}
+    return {"runs": runs, "capacity_streams": capacity, "chunk_ms": chunk_ms}
 
 
 if __name__ == "__main__":  # pragma: no cover - the fleet process

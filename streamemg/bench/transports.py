@@ -25,7 +25,7 @@ async def _lsl_figures(quick: bool) -> dict[str, Any] | str:
 
 
 async def _lsl_capacity_figures(bundle: Any, engine_settings: Any, counts: Any, s: Any, pipe_settings: Any,
-                                say: Any) -> dict[str, Any] | str:
+                                say: Any, chunk_ms: float = 10.0) -> dict[str, Any] | str:
     """The LSL capacity runs (:mod:`streamemg.bench.lsl_capacity`), or why they could not run."""
     try:
         from ..lsl.executor import lsl_available
@@ -34,7 +34,7 @@ async def _lsl_capacity_figures(bundle: Any, engine_settings: Any, counts: Any, 
         if not lsl_available():
             return "unavailable: liblsl cannot be loaded"
         return await measure_lsl_capacity(bundle, engine_settings, counts, duration_s=s.run_s, warmup_s=s.warm_s,
-                                          progress=say, settings=pipe_settings)
+                                          progress=say, settings=pipe_settings, chunk_ms=chunk_ms)
     except Exception as exc:  # report, never fail the benchmark
         return f"unavailable: {type(exc).__name__}: {exc}"
 

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="outlet counts of the LSL capacity runs (default 32,128 quick; 64,128,256,512 full)",
     )
     p.add_argument(
+        "--lsl-chunk-ms", default=None, metavar="MS,MS,...",
+        help="also run the LSL capacity series with outlets pushing chunks of these lengths (the 10 ms series "
+             "stays; each is reported beside it)",
+    )
+    p.add_argument(
         "--latency-streams", default=None, metavar="N,N,...",
         help="stream counts of the latency-by-load runs (default 1,8,32,128)",
     )
@@ -90,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     lsl_counts = _counts(args.lsl_streams, "--lsl-streams")
     if lsl_counts is not None:
         kw["lsl_counts"] = lsl_counts
+    if args.lsl_chunk_ms is not None:
+        try:
+            kw["lsl_chunk_ms"] = tuple(float(part) for part in args.lsl_chunk_ms.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"--lsl-chunk-ms {args.lsl_chunk_ms!r}: give chunk lengths in ms, e.g. 50") from None
     counts = _counts(args.streams)
     if counts is not None:
         kw["stream_counts"] = counts
@@ -192,21 +202,25 @@ def print_report(report: dict[str, Any]) -> None:
             t.add_row(*cells)
         console.print(t)
 
-    lsl_cap = report.get("lsl_capacity")
-    if isinstance(lsl_cap, dict):
-        t = Table(title=f"LSL capacity: outlets in another process (largest that kept up: "
-                  f"{lsl_cap.get('capacity_streams')})")
-        for col in ("outlets", "keeps up", "open s", "p50 ms", "p99 ms", "cpu cores", "outlets late p99 ms",
-                    "outlets cpu", "note"):
-            t.add_column(col, justify="left" if col == "note" else "right")
-        for row in lsl_cap.get("runs", []):
-            fleet = row.get("fleet") or {}
-            t.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row.get("open_s"), 1),
-                      _fmt(row.get("latency_ms_p50"), 1), _fmt(row.get("latency_ms_p99"), 1), _fmt(row.get("cpu"), 2),
-                      _fmt(fleet.get("lateness_ms_p99"), 1), _fmt(fleet.get("cpu_cores"), 2), row.get("reason", ""))
-        console.print(t)
-    elif lsl_cap is not None:
-        console.print(f"[bold]LSL capacity[/]: {lsl_cap}")
+    series = [(report.get("lsl_capacity"), 10.0)]
+    series += [(cap, float(ms)) for ms, cap in (report.get("lsl_capacity_by_chunk_ms") or {}).items()]
+    for lsl_cap, chunk_ms in series:
+        if isinstance(lsl_cap, dict):
+            t = Table(title=f"LSL capacity: outlets in another process, {chunk_ms:g} ms chunks (largest that kept "
+                      f"up: {lsl_cap.get('capacity_streams')})")
+            for col in ("outlets", "keeps up", "open s", "p50 ms", "p99 ms", "due->pipeline p99", "in pipeline p99",
+                        "cpu cores", "outlets late p99 ms", "outlets cpu", "note"):
+                t.add_column(col, justify="left" if col == "note" else "right")
+            for row in lsl_cap.get("runs", []):
+                fleet = row.get("fleet") or {}
+                t.add_row(str(row["streams"]), _fmt(row["keeps_up"]), _fmt(row.get("open_s"), 1),
+                          _fmt(row.get("latency_ms_p50"), 1), _fmt(row.get("latency_ms_p99"), 1),
+                          _fmt(row.get("to_pipeline_ms_p99"), 1), _fmt(row.get("in_pipeline_ms_p99"), 1),
+                          _fmt(row.get("cpu"), 2), _fmt(fleet.get("lateness_ms_p99"), 1),
+                          _fmt(fleet.get("cpu_cores"), 2), row.get("reason", ""))
+            console.print(t)
+        elif lsl_cap is not None:
+            console.print(f"[bold]LSL capacity ({chunk_ms:g} ms chunks)[/]: {lsl_cap}")
 
     by = report.get("batched_vs_single_by_streams") or {}
     if by:
