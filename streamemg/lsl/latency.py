@@ -20,7 +20,7 @@ async def measure_ingest_latency(
     fs: float = 10000.0,
     n_channels: int = 4,
     chunk_samples: int = 100,
-    poll_ms: float = 5.0,
+    poll_ms: float = 1.0,
     warmup_chunks: int = 20,
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
@@ -130,7 +130,7 @@ async def measure_ingest_latency(
     if lat.size == 0:
         raise SourceError("benchmark: no chunk arrived through LSL; is loopback networking available?")
     return {
-        "what": "LSL ingest: outlet push_chunk -> samples in the RingBuffer (lsl: source, off-loop pulls)",
+        "what": "LSL ingest: outlet push_chunk -> samples in the RingBuffer (lsl: source, pulls on the event loop)",
         "n": int(lat.size),
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
