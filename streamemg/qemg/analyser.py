@@ -70,6 +70,8 @@ class QemgSettings:
             carry the latest finished measurement. Offline sources (files at full speed) are always analysed
             inline, so no block is lost. False analyses live streams inline too (on the event loop).
         nice: how much lower the QEMG process's CPU priority is (added niceness, 0-19).
+        sched_idle: run the QEMG process under Linux's ``SCHED_IDLE`` policy (only on CPU nothing else wants,
+            preempted at once when a pipeline thread wakes up); where it is not available, ``nice`` alone.
         processes: QEMG processes for live streams; 0 (default): one per core beyond two (at least one).
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
@@ -97,6 +99,7 @@ class QemgSettings:
     summary_every_s: float = 5.0
     background: bool = True
     nice: int = 10
+    sched_idle: bool = True
     processes: int = 0
 
     def __post_init__(self) -> None:

@@ -6,17 +6,18 @@ loop does, and every stream it analyses is taken from the loop's one core. So li
 child process (``python -m streamemg.qemg.service``) started on the first live stream and shared by all of them
 (or several, ``QemgSettings.processes``, streams dealt to them in turn)::
 
-    pipeline process                                       QEMG process (nice +10)
+    pipeline process                                       QEMG process (SCHED_IDLE, nice +10)
     RemoteQemg.process(samples) -> exact blocks (2 s) --->  QemgAnalyser per stream (the same code and blocks
     RemoteQemg.summary_dict()   <- latest measurement <---  as inline, so the same result), measured every
                                                             summary_every_s of signal
 
-The child runs at a lower priority (``QemgSettings.nice``): on a busy machine the scheduler gives the pipeline's
-threads the CPU first and the analysis what is left. A stream with more than ``MAX_QUEUED_BLOCKS`` blocks in
-flight drops new blocks and counts them (:attr:`RemoteQemg.dropped_blocks`; ``streamemg bench`` reports the share
-analysed): the estimates then carry the last measurement, and the analysis resumes as soon as the child catches up.
-Its measures over a dropped block's gap stay valid (the templates are means; an interval that spans a gap falls out
-of the firing-rate statistics as an outlier), only based on less signal.
+The child runs at the lowest CPU priority (``QemgSettings.sched_idle``, ``QemgSettings.nice``): on a busy machine
+the scheduler gives the pipeline's threads the CPU first and the analysis what is left. A stream with more than
+``MAX_QUEUED_BLOCKS`` blocks in flight drops new blocks and counts them (:attr:`RemoteQemg.dropped_blocks`;
+``streamemg bench`` reports the share analysed): the estimates then carry the last measurement, and the analysis
+resumes as soon as the child catches up. Its measures over a dropped block's gap stay valid (the templates are
+means; an interval that spans a gap falls out of the firing-rate statistics as an outlier), only based on less
+signal.
 
 Messages are pickled tuples over two pipes (``multiprocessing.connection.Connection``): to the child
 ``("open", id, fs, channels, settings, phase)``, ``("block", id, samples)``, ``("want", id, on)``, ``("fresh", id)``,
@@ -65,7 +66,7 @@ WANT_S = 10.0
 class QemgService:
     """The child process and the two threads that talk to it (one per parent process: :func:`service`)."""
 
-    def __init__(self, nice: int) -> None:
+    def __init__(self, nice: int, idle: bool = True) -> None:
         work_r, work_w = os.pipe()
         res_r, res_w = os.pipe()
         env = dict(os.environ)
@@ -75,7 +76,7 @@ class QemgService:
         env.setdefault("OPENBLAS_NUM_THREADS", "1")  # the analysis does not use BLAS; its idle threads spin
         env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamemg.qemg.service", str(work_r), str(res_w), str(int(nice))],
+            [sys.executable, "-c", _CHILD, str(work_r), str(res_w), str(int(nice)), "idle" if idle else "normal"],
             pass_fds=(work_r, res_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=env,
         )
@@ -224,13 +225,13 @@ def default_processes() -> int:
     return max(1, (os.cpu_count() or 1) - 2)
 
 
-def service(nice: int, slot: int = 0) -> QemgService:
+def service(nice: int, slot: int = 0, idle: bool = True) -> QemgService:
     """QEMG process number ``slot`` of this process, started on first use (and stopped at interpreter exit); one
     that died is replaced, at most once every ``RESTART_S`` (until then the dead one is returned)."""
     with _SERVICE_LOCK:
         svc = _SERVICES.get(slot)
         if svc is None or (not svc.alive and svc.died_at is not None and time.monotonic() - svc.died_at >= RESTART_S):
-            svc = _SERVICES[slot] = QemgService(nice)
+            svc = _SERVICES[slot] = QemgService(nice, idle)
             atexit.register(svc.close)
         return svc
 
@@ -293,7 +294,7 @@ class RemoteQemg:
         self._wanted_at: float | None = None  # when summary() was last asked for (the stream view)
         n = self.settings.processes or default_processes()
         self.slot = next(_NEXT_SLOT) % n  # streams are dealt to the QEMG processes in turn
-        self._service = service(self.settings.nice, self.slot)
+        self._service = service(self.settings.nice, self.slot, self.settings.sched_idle)
         self._id = self._service.open(self)
 
     def process(self, raw: npt.NDArray[np.floating]) -> None:
@@ -314,7 +315,7 @@ class RemoteQemg:
 
     def _reattach(self) -> None:
         """The QEMG process died: move to its replacement once there is one (the analysis starts afresh there)."""
-        svc = service(self.settings.nice, self.slot)
+        svc = service(self.settings.nice, self.slot, self.settings.sched_idle)
         if svc is not self._service and svc.alive:
             self._service = svc
             self._lost = self.sent_blocks - self._acks  # what was in flight is lost with the old process
@@ -425,14 +426,31 @@ def _serve(work: Connection, results: Connection) -> None:
                 results.send(("ack", cid, failed.samples_seen if failed is not None else 0, None, None))
 
 
+#: The child's program. Its CPU priority is lowered first, before it imports numpy and scipy (about a second of
+#: CPU): ``nice`` more niceness and, on Linux, ``SCHED_IDLE``: it runs only on CPU no other task wants, and a
+#: pipeline thread that wakes up preempts it at once (with niceness alone the pipeline's p99 latency at 256
+#: streams rose from 19 to 77 ms next to a busy QEMG process; under SCHED_IDLE it was 40 ms).
+_CHILD = """\
+import os, sys
+try:
+    os.nice(int(sys.argv[3]))
+except (OSError, AttributeError):
+    pass
+if sys.argv[4] == "idle" and hasattr(os, "SCHED_IDLE"):
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        pass
+from streamemg.qemg.service import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The QEMG process: ``WORK_FD RESULTS_FD NICE idle|normal`` (the pipe ends it inherited)."""
     args = sys.argv[1:] if argv is None else argv
     work = Connection(int(args[0]), writable=False)
     results = Connection(int(args[1]), readable=False)
-    try:
-        os.nice(int(args[2]))
-    except (OSError, AttributeError):
-        pass
     _serve(work, results)
     return 0
 

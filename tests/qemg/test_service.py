@@ -126,3 +126,16 @@ def test_streams_are_dealt_to_several_qemg_processes() -> None:
     assert svc.child_cpu_s() > 0 and (svc.child_rss_mb() or 0) > 10
     a.close()
     b.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.timeout(60)
+def test_the_qemg_process_runs_at_the_lowest_priority() -> None:
+    q = RemoteQemg(FS, 1)
+    pid = svc.service(q.settings.nice, q.slot).proc.pid
+    assert q.wait_idle(30.0)
+    q.process(EMGSimulator("normal", FS, seed=0).generate(round(2.5 * FS)).reshape(-1, 1))
+    assert q.wait_idle(30.0) and q.samples_seen > 0  # it has been running its analysis
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == q.settings.nice
+    q.close()
