@@ -82,7 +82,8 @@ def test_short_polyphasic_potential_is_not_cut_to_its_main_spike_under_template_
     read 0.6 ms for 3.4 ms before this)."""
     fs = 10000.0
     t = np.arange(-60, 60) / fs * 1000.0  # ms
-    k = 9.0 * np.exp(-(((t + 0.9) / 0.45) ** 2)) - 100.0 * np.exp(-((t / 0.18) ** 2)) + 9.0 * np.exp(-(((t - 1.0) / 0.6) ** 2))
+    k = (9.0 * np.exp(-(((t + 0.9) / 0.45) ** 2)) - 100.0 * np.exp(-((t / 0.18) ** 2))
+         + 9.0 * np.exp(-(((t - 1.0) / 0.6) ** 2)))
     w = np.concatenate([np.zeros(150), k, np.zeros(150)])
     quiet = waveform_measures(w, fs)
     rng = np.random.default_rng(0)
