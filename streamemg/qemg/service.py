@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Blocks of one stream that may be in flight (sent, not yet analysed); beyond this new blocks are dropped.
 MAX_QUEUED_BLOCKS = 4
-#: Messages waiting for the sender thread (all streams); beyond this new blocks are dropped.
-MAX_SEND_QUEUE = 4096
+#: Samples waiting for the sender thread, all streams together (bytes); beyond this new blocks are dropped. Control
+#: messages (a stream opening, asking for its units) are never dropped and never wait.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 #: A QEMG process that died is replaced after this many seconds (the streams' analyses start again from scratch).
 RESTART_S = 5.0
 #: Units and templates of a stream come back from the QEMG process while summary() was asked for within this (s).
@@ -84,7 +85,9 @@ class QemgService:
         os.close(res_w)
         self._out = Connection(work_w, readable=False)
         self._in = Connection(res_r, writable=False)
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(MAX_SEND_QUEUE)
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.queued_bytes = 0  # samples in the queue (the caller adds, the sender thread takes away)
+        self._bytes_lock = threading.Lock()
         self._clients: dict[int, RemoteQemg] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -101,20 +104,26 @@ class QemgService:
         cid = next(self._ids)
         with self._lock:
             self._clients[cid] = client
-        self.put(("open", cid, client.fs, client.n_channels, client.settings, client.phase), force=True)
+        self.put(("open", cid, client.fs, client.n_channels, client.settings, client.phase))
         return cid
 
-    def put(self, msg: tuple[Any, ...], force: bool = False) -> bool:
-        """Queue a message for the child; False (dropped) when the queue is full, unless ``force``."""
+    def put(self, msg: tuple[Any, ...]) -> bool:
+        """Queue a control message for the child (never waits); False when the child is gone."""
         if not self.alive:
             return False
-        try:
-            if force:
-                self._queue.put(msg, timeout=5.0)
-            else:
-                self._queue.put_nowait(msg)
-        except queue.Full:
+        self._queue.put(msg)
+        return True
+
+    def put_block(self, cid: int, block: npt.NDArray[np.floating], force: bool = False) -> bool:
+        """Queue a block of samples for the child (never waits); False (dropped) when the child is gone or, unless
+        ``force``, when ``MAX_QUEUED_BYTES`` of samples are already waiting."""
+        if not self.alive:
             return False
+        with self._bytes_lock:
+            if not force and self.queued_bytes + block.nbytes > MAX_QUEUED_BYTES:
+                return False
+            self.queued_bytes += block.nbytes
+        self._queue.put(("block", cid, block))
         return True
 
     def fresh(self, cid: int, timeout: float) -> tuple[QemgSummary, dict[str, Any]] | None:
@@ -123,7 +132,7 @@ class QemgService:
         box: list[Any] = []
         with self._lock:
             self._fresh[cid] = (done, box)
-        if not self.put(("fresh", cid), force=True) or not done.wait(timeout):
+        if not self.put(("fresh", cid)) or not done.wait(timeout):
             return None
         return box[0] if box else None
 
@@ -137,6 +146,10 @@ class QemgService:
             except (OSError, ValueError):  # the child is gone
                 self._died("the QEMG process stopped taking work")
                 break
+            finally:
+                if msg[0] == "block":
+                    with self._bytes_lock:
+                        self.queued_bytes -= msg[2].nbytes
 
     def _recv_loop(self) -> None:
         while True:
@@ -195,10 +208,7 @@ class QemgService:
         """Stop the child: it finishes what it was sent (within ``timeout``), then exits."""
         if self.alive:
             self.alive = False
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
+            self._queue.put(None)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -308,7 +318,7 @@ class RemoteQemg:
             self._service.put(("want", self._id, False))  # nobody looks at this stream's units any more
             self._wanted_at = None
         for block in blocks:
-            if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put(("block", self._id, block)):
+            if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put_block(self._id, block):
                 self.dropped_blocks += 1  # the QEMG process is behind: a gap rather than an unbounded queue
                 continue
             self.sent_blocks += 1
@@ -356,7 +366,7 @@ class RemoteQemg:
         and for ``WANT_S`` after: the first call asks and returns what is there; the latest arrives at once."""
         if fresh:
             rest = self.blocks.take_rest()
-            if rest is not None and self._service.put(("block", self._id, rest), force=True):
+            if rest is not None and self._service.put_block(self._id, rest, force=True):
                 self.sent_blocks += 1
             got = self._service.fresh(self._id, timeout)
             if got is not None:

@@ -139,3 +139,33 @@ def test_the_qemg_process_runs_at_the_lowest_priority() -> None:
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + q.settings.nice)
     q.close()
+
+
+@pytest.mark.timeout(120)
+def test_samples_waiting_for_a_stalled_qemg_process_are_bounded_and_new_streams_never_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(svc, "MAX_QUEUED_BYTES", 1_000_000)
+    settings = QemgSettings(block_s=0.5, processes=1)  # every stream in the one process stopped below
+    first = RemoteQemg(FS, 1, settings)
+    service = svc.service(settings.nice, first.slot)
+    assert first.wait_idle(30.0)
+    x = EMGSimulator("normal", FS, seed=5).generate(round(2 * FS)).reshape(-1, 1)  # 4 blocks of 40 kB each
+    os.kill(service.proc.pid, signal.SIGSTOP)
+    try:
+        streams = [first] + [RemoteQemg(FS, 1, settings) for _ in range(19)]
+        for q in streams:
+            q.process(x)
+        assert service.queued_bytes <= 1_000_000
+        assert sum(q.dropped_blocks for q in streams) > 0  # the bound dropped blocks, counted per stream
+        t0 = time.monotonic()
+        late = RemoteQemg(FS, 1, settings)  # a stream appearing now is registered without waiting
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        os.kill(service.proc.pid, signal.SIGCONT)
+    for q in [*streams, late]:
+        assert q.wait_idle(30.0)
+    assert service.queued_bytes == 0
+    assert sum(q.analysed_blocks for q in streams) == sum(q.sent_blocks for q in streams) > 0
+    for q in [*streams, late]:
+        q.close()
