@@ -123,12 +123,8 @@ def class_table(rows: Sequence[dict[str, Any]], dataset: str) -> str:
 SPECTRUM_BANDS: tuple[tuple[float, float], ...] = ((20, 100), (100, 250), (250, 500), (500, 1000), (1000, 2000))
 
 
-def log_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
-    """Frame log power of ``x`` (n,) µV as the classifier sees it, shape (bands, 3): p10, p50, p90 in dB µV².
-
-    20 Hz 4th-order high-pass, resampled to 4 kHz, 128-sample frames (the model's), Hann window; per frame the
-    power in each of :data:`SPECTRUM_BANDS`.
-    """
+def _at_model_rate(x: np.ndarray, fs: float) -> np.ndarray:
+    """``x`` (n,) µV as the classifier's frames see it: 20 Hz 4th-order high-pass, resampled to 4 kHz."""
     from math import gcd
 
     from scipy import signal
@@ -139,6 +135,16 @@ def log_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
         num, den = (4000, int(fs)) if float(fs).is_integer() else (8000, round(2 * fs))
         g = gcd(num, den)
         y = signal.resample_poly(y, num // g, den // g)
+    return np.asarray(y)
+
+
+def log_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
+    """Frame log power of ``x`` (n,) µV as the classifier sees it, shape (bands, 3): p10, p50, p90 in dB µV².
+
+    20 Hz 4th-order high-pass, resampled to 4 kHz, 128-sample frames (the model's), Hann window; per frame the
+    power in each of :data:`SPECTRUM_BANDS`.
+    """
+    y = _at_model_rate(x, fs)
     n = y.size // 128
     frames = y[: n * 128].reshape(n, 128) * np.hanning(128)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / np.sum(np.hanning(128) ** 2) * 2 / 128
@@ -154,16 +160,7 @@ def frame_spectrum(x: np.ndarray, fs: float) -> np.ndarray:
     """The classifier's log-spectrogram summarised, shape (3, 64): per bin (31-2000 Hz, 31.25 Hz apart) the mean,
     10th and 90th percentile over frames of 10·log10 PSD (µV²/Hz); 128-sample Hann frames every 64 at 4 kHz
     after a 20 Hz high-pass. The simulator's class parameters were fitted on this (docs/qemg.md)."""
-    from math import gcd
-
-    from scipy import signal
-
-    sos = signal.butter(4, 20.0, "highpass", fs=fs, output="sos")
-    y = signal.sosfilt(sos, np.asarray(x, dtype=np.float64))
-    if fs != 4000.0:
-        num, den = (4000, int(fs)) if float(fs).is_integer() else (8000, round(2 * fs))
-        g = gcd(num, den)
-        y = signal.resample_poly(y, num // g, den // g)
+    y = _at_model_rate(x, fs)
     n = (y.size - 128) // 64 + 1
     win = np.hanning(128)
     frames = y[np.arange(128)[None, :] + 64 * np.arange(n)[:, None]] * win
