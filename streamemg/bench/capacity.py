@@ -24,12 +24,12 @@ from ..errors import ConfigError
 from ..model import ModelBundle
 from ..pipeline import Pipeline, PipelineSettings
 from ..qemg.service import RemoteQemg
-from ..qemg.service import child_cpu_s as qemg_child_cpu_s
 from ..sources.base import GeneratorSource
 from ..types import Chunk, Estimate, SourceItem, StreamInfo
 from .common import (
     TARGET_P99_MS,
     _load,
+    qemg_processes_cpu_s,
     read_rss_mb,
 )
 
@@ -106,7 +106,7 @@ class BenchSource(GeneratorSource):
         return self.n_ticks - self.starts[i]
 
     def _mark(self, name: str) -> None:
-        self.stats.marks[name] = (self.clock(), time.process_time(), time.thread_time(), qemg_child_cpu_s())
+        self.stats.marks[name] = (self.clock(), time.process_time(), time.thread_time(), qemg_processes_cpu_s())
 
     async def _items(self) -> AsyncIterator[SourceItem]:
         n, c, fs = self.n_streams, self.chunk, self.fs

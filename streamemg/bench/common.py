@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..qemg.service import child_pids as qemg_child_pids
 from ..types import Window
 
 log = logging.getLogger(__name__)
@@ -26,16 +27,38 @@ TARGET_RSS_MB = 2.0
 
 
 
-def read_rss_mb() -> float:
-    """Resident set size of this process (VmRSS in ``/proc/self/status``), MiB; NaN where there is no /proc."""
+def read_rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (VmRSS in ``/proc/PID/status``; this one by default), MiB; NaN where there is
+    no /proc or no such process."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024.0
     except (OSError, ValueError, IndexError):
         pass
     return math.nan
+
+
+def read_cpu_s(pid: int | str = "self") -> float:
+    """CPU time (user + system, s) a process has used (``/proc/PID/stat``); NaN where there is no /proc or no such
+    process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+def qemg_processes_cpu_s() -> float:
+    """CPU time the running QEMG processes have used, together (s); 0 when none runs."""
+    return sum(c for c in (read_cpu_s(pid) for pid in qemg_child_pids()) if math.isfinite(c))
+
+
+def qemg_processes_rss_mb() -> float:
+    """Resident memory of the running QEMG processes, together (MiB); 0 when none runs."""
+    return sum(r for r in (read_rss_mb(pid) for pid in qemg_child_pids()) if math.isfinite(r))
 
 
 def _load() -> float:

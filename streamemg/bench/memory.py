@@ -14,10 +14,11 @@ import numpy as np
 from ..clock import monotonic
 from ..model import ModelBundle
 from ..pipeline import PipelineSettings, StreamState
-from ..qemg.service import RemoteQemg, child_rss_mb
+from ..qemg.service import RemoteQemg
 from ..types import Chunk, StreamInfo
 from .common import (
     make_templates,
+    qemg_processes_rss_mb,
     read_rss_mb,
 )
 
@@ -61,7 +62,7 @@ def measure_rss_per_stream(bundle: ModelBundle, templates: np.ndarray, n_streams
         for st in states:
             if isinstance(st.qemg, RemoteQemg):
                 st.qemg.wait_idle(30.0)
-        return child_rss_mb() or 0.0
+        return qemg_processes_rss_mb()
 
     gc.collect()
     before = read_rss_mb()

@@ -139,7 +139,8 @@ class QemgService:
     def _send_loop(self) -> None:
         while True:
             msg = self._queue.get()
-            if msg is None:
+            if msg is None:  # stop: the child reads to the end of the pipe, then exits
+                self._out.close()
                 break
             try:
                 self._out.send(msg)
@@ -246,41 +247,9 @@ def service(nice: int, slot: int = 0, idle: bool = True) -> QemgService:
         return svc
 
 
-def _proc_file(svc: QemgService, name: str) -> str | None:
-    if svc.proc.poll() is not None:
-        return None
-    try:
-        with open(f"/proc/{svc.proc.pid}/{name}", encoding="ascii") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def child_rss_mb() -> float | None:
-    """Resident memory of the QEMG processes together (MiB), None when none is running."""
-    total, seen = 0.0, False
-    for svc in list(_SERVICES.values()):
-        text = _proc_file(svc, "status")
-        for line in (text or "").splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) / 1024.0
-                seen = True
-    return total if seen else None
-
-
-def child_cpu_s() -> float:
-    """CPU time (user + system, s) the QEMG processes have used so far, together; 0 when none ran."""
-    total = 0.0
-    for svc in list(_SERVICES.values()):
-        text = _proc_file(svc, "stat")
-        if text is None:
-            continue
-        try:
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (ValueError, IndexError):
-            continue
-    return total
+def child_pids() -> list[int]:
+    """Process ids of the QEMG processes that are running."""
+    return [svc.proc.pid for svc in list(_SERVICES.values()) if svc.proc.poll() is None]
 
 
 class RemoteQemg:

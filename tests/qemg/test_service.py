@@ -12,6 +12,7 @@ import time
 import pytest
 
 from simulators.synth import EMGSimulator
+from streamemg.bench.common import qemg_processes_cpu_s, qemg_processes_rss_mb
 from streamemg.model import load_bundle
 from streamemg.pipeline import Pipeline, PipelineSettings
 from streamemg.qemg import QemgAnalyser, QemgSettings, QemgSummary
@@ -123,7 +124,7 @@ def test_streams_are_dealt_to_several_qemg_processes() -> None:
     for q in (a, b):
         q.process(x)
         assert q.wait_idle(30.0) and q.samples_seen == round(2 * FS)
-    assert svc.child_cpu_s() > 0 and (svc.child_rss_mb() or 0) > 10
+    assert qemg_processes_cpu_s() > 0 and qemg_processes_rss_mb() > 10
     a.close()
     b.close()
 
@@ -169,3 +170,13 @@ def test_samples_waiting_for_a_stalled_qemg_process_are_bounded_and_new_streams_
     assert sum(q.analysed_blocks for q in streams) == sum(q.sent_blocks for q in streams) > 0
     for q in [*streams, late]:
         q.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_qemg_service_lets_its_process_finish_and_exit_cleanly() -> None:
+    q = RemoteQemg(FS, 1, QemgSettings(processes=1, block_s=0.5))
+    q.process(EMGSimulator("als", FS, seed=1).generate(round(FS)).reshape(-1, 1))
+    assert q.wait_idle(30.0)
+    service = svc.service(q.settings.nice, q.slot)
+    service.close(timeout=10.0)
+    assert service.proc.returncode == 0  # it saw the end of its pipe and exited, not killed after the timeout
