@@ -238,10 +238,12 @@ def default_processes() -> int:
 
 def service(nice: int, slot: int = 0, idle: bool = True) -> QemgService:
     """QEMG process number ``slot`` of this process, started on first use (and stopped at interpreter exit); one
-    that died is replaced, at most once every ``RESTART_S`` (until then the dead one is returned)."""
+    that was closed is replaced, one that died at most once every ``RESTART_S`` (until then the dead one is
+    returned)."""
     with _SERVICE_LOCK:
         svc = _SERVICES.get(slot)
-        if svc is None or (not svc.alive and svc.died_at is not None and time.monotonic() - svc.died_at >= RESTART_S):
+        # first use, closed, or died at least RESTART_S ago: a new process
+        if svc is None or (not svc.alive and (svc.died_at is None or time.monotonic() - svc.died_at >= RESTART_S)):
             svc = _SERVICES[slot] = QemgService(nice, idle)
             atexit.register(svc.close)
         return svc

@@ -180,3 +180,7 @@ def test_a_closed_qemg_service_lets_its_process_finish_and_exit_cleanly() -> Non
     service = svc.service(q.settings.nice, q.slot)
     service.close(timeout=10.0)
     assert service.proc.returncode == 0  # it saw the end of its pipe and exited, not killed after the timeout
+    again = RemoteQemg(FS, 1, QemgSettings(processes=1, block_s=0.5))  # the next stream gets a new process
+    again.process(EMGSimulator("als", FS, seed=1).generate(round(FS)).reshape(-1, 1))
+    assert again.wait_idle(30.0) and again.samples_seen > 0
+    again.close()
