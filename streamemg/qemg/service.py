@@ -107,6 +107,12 @@ class QemgService:
         self.put(("open", cid, client.fs, client.n_channels, client.settings, client.phase))
         return cid
 
+    def forget(self, cid: int) -> None:
+        """Free stream ``cid``'s state here and in the child."""
+        with self._lock:
+            self._clients.pop(cid, None)
+        self.put(("close", cid))
+
     def put(self, msg: tuple[Any, ...]) -> bool:
         """Queue a control message for the child (never waits); False when the child is gone."""
         if not self.alive:
@@ -355,9 +361,7 @@ class RemoteQemg:
 
     def close(self) -> None:
         """Free this stream's state in the QEMG process."""
-        self._service.put(("close", self._id))
-        with self._service._lock:
-            self._service._clients.pop(self._id, None)
+        self._service.forget(self._id)
 
 
 # ---------------------------------------------------------------------------------------------- the child
