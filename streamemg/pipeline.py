@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import zlib
@@ -557,7 +558,13 @@ class Pipeline:
                 for r in runners:
                     r.close()
                 await self._drain_sinks(runners, sink_tasks)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.drain_timeout_s):
+                        await self._settle_qemg()
         finally:
+            for st in self.streams.values():  # free the streams' state in the QEMG process
+                if isinstance(st.qemg, RemoteQemg):
+                    st.qemg.close()
             for r in runners:
                 r.close()
                 try:
@@ -567,6 +574,14 @@ class Pipeline:
                     self._error(f"output {r.name} did not close within {self.settings.drain_timeout_s:g} s")
                 except Exception as exc:  # closing an output must not hide other results
                     self._error(f"closing output {r.name}: {exc}")
+
+    async def _settle_qemg(self) -> None:
+        """Wait (the caller bounds it) until the QEMG process has analysed the blocks it was sent, so the streams'
+        last QEMG measurement and counts (``analysed_blocks``) are complete when the run returns. Its answers come
+        in on another thread, so this polls."""
+        remote = [st.qemg for st in self.streams.values() if isinstance(st.qemg, RemoteQemg)]
+        while any(q.in_flight > 0 and q.alive for q in remote):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def _drain_sinks(self, runners: list[SinkRunner], tasks: list[asyncio.Task[None]]) -> None:
         """Let every output deliver what it holds, but never wait on a hung one past ``drain_timeout_s``."""

@@ -318,6 +318,11 @@ class RemoteQemg:
             self._dict = d  # one reference swap
 
     @property
+    def alive(self) -> bool:
+        """Whether this stream's QEMG process is running."""
+        return self._service.alive
+
+    @property
     def analysed_blocks(self) -> int:
         """Blocks the QEMG process has analysed."""
         return self._acks
@@ -360,7 +365,8 @@ class RemoteQemg:
         return self._dict
 
     def close(self) -> None:
-        """Free this stream's state in the QEMG process."""
+        """Free this stream's state in the QEMG process (what is still in flight is not reported back; the last
+        measurement stays readable here)."""
         self._service.forget(self._id)
 
 

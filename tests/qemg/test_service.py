@@ -184,3 +184,17 @@ def test_a_closed_qemg_service_lets_its_process_finish_and_exit_cleanly() -> Non
     again.process(EMGSimulator("als", FS, seed=1).generate(round(FS)).reshape(-1, 1))
     assert again.wait_idle(30.0) and again.samples_seen > 0
     again.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_finished_run_lets_the_qemg_process_finish_then_frees_its_streams() -> None:
+    sink = MemorySink()
+    src = SimSource("normal", fs=FS, seed=3, speed=1.0, duration=3.0, name="bed")  # live: QEMG in the process
+    pipe = Pipeline([src], [sink], bundle=load_bundle(None), settings=PipelineSettings(qemg=QemgSettings(block_s=0.5)))
+    await pipe.run()
+    (st,) = pipe.streams.values()
+    q = st.qemg
+    assert isinstance(q, RemoteQemg)
+    assert q.sent_blocks >= 4 and q.analysed_blocks == q.sent_blocks  # everything sent was analysed
+    assert q._id not in q._service._clients  # and the stream's state was freed
+    assert sink.estimates[-1].qemg is not None
