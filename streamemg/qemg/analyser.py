@@ -370,7 +370,7 @@ class QemgAnalyser:
                 w, m = hit[2], hit[3]
             else:
                 w, sd = remove_baseline(ts.wave[j], self._edge)
-                m = waveform_measures(w, self.fs, noise_uv=sd)
+                m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre)
                 self._measured[(c, int(j))] = (gen, count, w, m)
             if m.amplitude_uv < s.min_snr * thr:
                 continue
@@ -383,7 +383,7 @@ class QemgAnalyser:
         for i in range(len(cands)):
             if not any(locked[i, k] for k in kept_idx):
                 kept_idx.append(i)
-        kept = [cands[i] for i in kept_idx]
+        kept = self._join_fragments([cands[i] for i in kept_idx])
         out: list[UnitMeasures] = []
         for _, w, m, times in kept:
             t_s = times / self.fs
@@ -393,6 +393,67 @@ class QemgAnalyser:
                 continue
             out.append(UnitMeasures(c, m, int(times.size), rate, cv, kind, w, t_s))
         return out
+
+    def _join_fragments(
+        self, units: list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]]
+    ) -> list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]]:
+        """Join templates that hold one unit's discharges between them (the unit aligned on one of two peaks of
+        similar size, or seeded twice): amplitudes within 25%, the same shape at a shift of up to ``dead_ms``
+        (correlation >= 0.95 over the template less the shift range), and discharge trains that do not come within
+        25 ms of each other (at most 10% of the smaller one's discharges do: one unit does not fire twice in 25 ms,
+        two independent units at 5-20 Hz do so for 25-100% of their discharges). The joined unit has both trains
+        (the second's times moved by the shift) and the discharge-weighted mean of the two templates."""
+        if len(units) < 2:
+            return units
+        d = self.detector.dead
+        close = round(0.025 * self.fs)
+        out = list(units)
+        i = 0
+        while i < len(out):
+            j = i + 1
+            while j < len(out):
+                _, wi, mi, ti = out[i]
+                _, wj, mj, tj = out[j]
+                joined = None
+                if mi.amplitude_uv > 0 and 0.8 <= mj.amplitude_uv / mi.amplitude_uv <= 1.25 and ti.size and tj.size:
+                    pos = np.searchsorted(ti, tj)
+                    left = np.abs(tj - ti[np.maximum(pos - 1, 0)])
+                    right = np.abs(ti[np.minimum(pos, ti.size - 1)] - tj)
+                    if np.count_nonzero(np.minimum(left, right) <= close) <= 0.1 * min(ti.size, tj.size):
+                        joined = self._joined(wi, ti, wj, tj, d)
+                if joined is not None:
+                    out[i] = (out[i][0], *joined)
+                    del out[j]
+                else:
+                    j += 1
+            i += 1
+        return out
+
+    def _joined(
+        self, wi: F64, ti: npt.NDArray[np.int64], wj: F64, tj: npt.NDArray[np.int64], d: int
+    ) -> tuple[F64, WaveformMeasures, npt.NDArray[np.int64]] | None:
+        """Template ``j`` as template ``i`` at a shift (see :meth:`_join_fragments`): the joined template, its
+        measures and discharge times; None if the shapes differ."""
+        n = wi.size
+        if n <= 2 * d + 2:
+            return None
+        a = wi[d : n - d]
+        win = np.lib.stride_tricks.sliding_window_view(wj, a.size)  # (2d + 1, n - 2d): wj moved by -d..d
+        den = np.sqrt(np.einsum("sl,sl->s", win, win) * float(np.einsum("l,l->", a, a))) + 1e-12
+        corr = np.einsum("sl,l->s", win, a) / den
+        k = int(np.argmax(corr))
+        if corr[k] < 0.95:
+            return None
+        shift = k - d  # wj[x + shift] lines up with wi[x]
+        moved = np.zeros_like(wj)
+        if shift >= 0:
+            moved[: n - shift] = wj[shift:]
+        else:
+            moved[-shift:] = wj[: n + shift]
+        w = (ti.size * wi + tj.size * moved) / (ti.size + tj.size)
+        w, sd = remove_baseline(w, self._edge)
+        m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre)
+        return w, m, np.sort(np.concatenate([ti, tj - shift]))
 
 
 def _lock_matrix(trains: list[npt.NDArray[np.int64]], span: int, lock: int) -> npt.NDArray[np.bool_]:

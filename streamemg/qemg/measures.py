@@ -3,7 +3,7 @@
 Definitions (written out in docs/qemg.md; all on the template, i.e. the average of a unit's aligned
 discharges, after its baseline was removed):
 
-* **amplitude** (µV): peak-to-peak, maximum minus minimum of the template.
+* **amplitude** (µV): peak-to-peak, maximum minus minimum of the potential (the template within its duration).
 * **duration** (ms): from the first to the last sample at which the template departs from the baseline by
   at least ``max(rel * amplitude, k_noise * baseline noise)``, taken over the stretch that holds the main
   peak; stretches separated from it by more than ``gap_ms`` of baseline (late, linked potentials) are
@@ -84,6 +84,7 @@ def waveform_measures(
     gap_ms: float = 1.5,
     turn_uv: float = TURN_UV,
     smooth_ms: float = 0.5,
+    peak: int | None = None,
 ) -> WaveformMeasures:
     """Measure one baseline-corrected template.
 
@@ -96,32 +97,34 @@ def waveform_measures(
         gap_ms: a stretch of baseline longer than this ends the potential.
         turn_uv: smallest excursion that counts as a turn, µV.
         smooth_ms: boxcar over which the template is smoothed while following its ends out to the baseline.
+        peak: index of the potential's own main peak (the analyser's aligning peak, where every discharge of the
+            unit was aligned); None: the template's largest absolute value. The measures are those of the stretch
+            holding it: activity of other units left elsewhere in the template (an average of a few dozen
+            discharges keeps 1/n of every neighbour that fired near one of them) is not part of the potential.
     """
     w = np.asarray(template, dtype=np.float64)
     if w.size < 3:
         return WaveformMeasures(0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
-    hi, lo = float(w.max()), float(w.min())
-    amp = hi - lo
+    amp = float(w.max() - w.min())
     if amp <= 0:
         return WaveformMeasures(0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
-    thr = max(rel * amp, k_noise * noise_uv)
-    above = np.flatnonzero(np.abs(w) >= thr)
-    if above.size == 0:  # the baseline is noisier than the potential: nothing measurable
-        return WaveformMeasures(amp, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
-    peak = int(np.argmax(np.abs(w)))
+    if peak is None or not 0 <= peak < w.size:
+        peak = int(np.argmax(np.abs(w)))
     gap = max(1, round(gap_ms * fs / 1000.0))
-    onset, end = _stretch(above, peak, gap)
-    if thr > rel * amp:  # the noise hides the rel level: follow each end out to where it reaches the baseline
-        sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
-        # the smoothed template is less noisy: phases that the raw noise bound hid but that stand clear of the
-        # smoothed template's own noise (its first and last 2 ms) belong to the potential too
-        e = max(1, min(round(0.002 * fs), w.size // 4))
-        thr_sm = max(rel * amp, k_noise * float(np.concatenate([sm[:e], sm[-e:]]).std()))
-        if thr_sm < thr:
-            on2, end2 = _stretch(np.flatnonzero(np.abs(sm) >= thr_sm), peak, gap)
-            onset, end = min(onset, on2), max(end, end2)
-        onset = _to_baseline(sm, onset, -1, rel * amp)
-        end = _to_baseline(sm, end, 1, rel * amp)
+    span = _extent(w, fs, amp, peak, gap, noise_uv, rel, k_noise, smooth_ms)
+    if span is None:  # the baseline is noisier than the potential: nothing measurable
+        return WaveformMeasures(amp, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    onset, end = span
+    # the amplitude is the potential's own: residue of other units elsewhere in the template is not part of it
+    own = float(w[onset : end + 1].max() - w[onset : end + 1].min())
+    if own < amp:
+        span = _extent(w, fs, own, peak, gap, noise_uv, rel, k_noise, smooth_ms)
+        if span is not None:
+            onset, end = span
+        amp = float(w[onset : end + 1].max() - w[onset : end + 1].min())
+        if amp <= 0:
+            return WaveformMeasures(own, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    thr = max(rel * amp, k_noise * noise_uv)
     seg = w[onset : end + 1]
     duration = (end - onset) * 1000.0 / fs
     big = seg[np.abs(seg) >= thr]
@@ -139,6 +142,30 @@ def waveform_measures(
         end=end,
         initial_positive=bool(big.size and big[0] > 0),
     )
+
+
+def _extent(
+    w: F64, fs: float, amp: float, peak: int, gap: int, noise_uv: float, rel: float, k_noise: float, smooth_ms: float
+) -> tuple[int, int] | None:
+    """First and last sample of the potential holding ``peak`` for an amplitude ``amp`` (the duration's stretch,
+    see :func:`waveform_measures`); None when no sample reaches the threshold."""
+    thr = max(rel * amp, k_noise * noise_uv)
+    above = np.flatnonzero(np.abs(w) >= thr)
+    if above.size == 0:
+        return None
+    onset, end = _stretch(above, peak, gap)
+    if thr > rel * amp:  # the noise hides the rel level: follow each end out to where it reaches the baseline
+        sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
+        # the smoothed template is less noisy: phases that the raw noise bound hid but that stand clear of the
+        # smoothed template's own noise (its first and last 2 ms) belong to the potential too
+        e = max(1, min(round(0.002 * fs), w.size // 4))
+        thr_sm = max(rel * amp, k_noise * float(np.concatenate([sm[:e], sm[-e:]]).std()))
+        if thr_sm < thr:
+            on2, end2 = _stretch(np.flatnonzero(np.abs(sm) >= thr_sm), peak, gap)
+            onset, end = min(onset, on2), max(end, end2)
+        onset = _to_baseline(sm, onset, -1, rel * amp)
+        end = _to_baseline(sm, end, 1, rel * amp)
+    return onset, end
 
 
 def _stretch(above: npt.NDArray[np.intp], peak: int, gap: int) -> tuple[int, int]:

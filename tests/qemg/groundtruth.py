@@ -4,7 +4,9 @@ A true unit is *in view* when it fires at least ``min_fires`` times in the analy
 credited to the true unit whose discharges it is time-locked to (at least 60% of the found unit's discharges
 at one fixed lag, within ±0.5 ms, from a true discharge). A true unit counts as recovered when a found unit
 credited to it has its amplitude within 10% and its duration within 2 ms; the firing rate is compared with the
-true rate while the unit fires (:func:`true_rate`: its pauses left out).
+true rate while the unit fires (:func:`true_rate`: its pauses left out). A unit is also marked *clearly present*
+(:attr:`UnitScore.clear`) when its true peak-to-peak at the electrode is above the analyser's detection threshold;
+that is a second figure beside the full one, never a replacement for it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class UnitScore:
     found_amp: float = float("nan")
     found_dur: float = float("nan")
     found_rate: float = float("nan")
+    threshold: float = float("nan")  # the analyser's detection threshold at the end, µV
+
+    @property
+    def clear(self) -> bool:
+        """Clearly present: the unit's true peak-to-peak at the electrode is above the detection threshold."""
+        return bool(self.true_amp > self.threshold)
 
     @property
     def found(self) -> bool:
@@ -88,6 +96,7 @@ def score(
     units = np.concatenate([u for u, _ in sim.event_log])
     pos = np.concatenate([p for _, p in sim.event_log])
     gain = sim.profile.pickup_gain
+    thr = float(an.detector.threshold[0])
     out: list[UnitScore] = []
     for gid, info in enumerate(sim.units):
         if info.kind != "motor_unit":
@@ -96,7 +105,10 @@ def score(
         if t.size < min_fires:
             continue
         kernel = info.kernel * gain
-        s = UnitScore(cls, seed, gid, float(np.ptp(kernel)), muap_duration_ms(kernel, fs), true_rate(t), int(t.size))
+        s = UnitScore(
+            cls, seed, gid, float(np.ptp(kernel)), muap_duration_ms(kernel, fs), true_rate(t), int(t.size),
+            threshold=thr,
+        )
         best = 0.0
         for u in summary.units:
             f = _lock_fraction(u.times_s, t)

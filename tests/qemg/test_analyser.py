@@ -29,23 +29,23 @@ def test_ground_truth_recovery_als_meets_the_target() -> None:
 
 
 def test_ground_truth_recovery_normal_and_myopathy_below_the_target() -> None:
-    """Measured: normal 14 of 35 units within both bounds (40%), myopathy 37 of 86 (43%): the 80% target is NOT
+    """Measured: normal 15 of 35 units within both bounds (43%), myopathy 38 of 86 (44%): the 80% target is NOT
     reached (a quarter of the units in view sit below the detection threshold, similar units are not separated;
-    docs/qemg.md). 13 of 22 normal and 45 of 51 myopathic units found with a rate have it within 1 Hz. Bounds sit
+    docs/qemg.md). 15 of 21 normal and 45 of 51 myopathic units found with a rate have it within 1 Hz. Bounds sit
     just under the measured figures so a regression fails."""
     n, ok, rate_ok, with_rate = _recovery("normal", range(5))
-    assert n >= 30 and ok / n >= 0.37, (ok, n)
-    assert rate_ok / with_rate >= 0.55, (rate_ok, with_rate)
+    assert n >= 30 and ok / n >= 0.40, (ok, n)
+    assert rate_ok / with_rate >= 0.65, (rate_ok, with_rate)
     n, ok, rate_ok, with_rate = _recovery("myopathy", range(5))
     assert n >= 60 and ok / n >= 0.41, (ok, n)
     assert rate_ok / with_rate >= 0.85, (rate_ok, with_rate)
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
-    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 4.1 / 3.5 / 1.9%
-    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy); the median rate error 0.91 /
+    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 3.8 / 3.5 / 1.9%
+    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy); the median rate error 0.64 /
     0.39 / 0.21 Hz."""
-    for cls, amp_bound, dur_bound in (("normal", 0.06, 1.8), ("als", 0.05, 1.0), ("myopathy", 0.03, 0.6)):
+    for cls, amp_bound, dur_bound in (("normal", 0.05, 1.8), ("als", 0.05, 1.0), ("myopathy", 0.03, 0.6)):
         rs = [r for s in range(5) for r in score(cls, s) if r.found]
         assert len(rs) >= 8
         amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
