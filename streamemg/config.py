@@ -13,6 +13,7 @@ Example (see ``examples/run.toml``)::
     [engine]      # streamemg.engine.EngineSettings
     max_batch = 64
     max_wait_ms = 0.0             # event-driven; > 0 makes a lone window wait for company
+    inline_budget = 0.05          # lone windows on the loop thread, up to this share of it
 
     [pipeline]    # streamemg.pipeline.PipelineSettings
     hop_s = 0.25

@@ -108,6 +108,12 @@ class EngineSettings:
             them all and stopped the event loop for 130-170 ms in the middle of a live run, enough on its own to
             push the p99 latency of 64 LSL streams past 50 ms (docs/performance.md). Objects made later are
             collected as usual.
+        inline_budget: a window that arrives alone on an idle engine with a CPU device is classified on the event
+            loop's own thread instead of being handed to the inference thread and back: two thread wake-ups (about
+            0.3 ms each on this machine) come off its latency. Such inline calls may take at most this share of
+            the loop's time over each second; beyond it (load) windows go to the inference thread as before, where
+            batches form. 0 turns it off. Inline calls cannot be abandoned on ``timeout_s`` (a CPU forward of one
+            window does not hang the way a device can).
     """
 
     # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
@@ -124,6 +130,7 @@ class EngineSettings:
     optimize: str = "auto"
     cuda_graphs: bool = True
     freeze_heap: bool = True
+    inline_budget: float = 0.05
 
     def __post_init__(self) -> None:
         if not (_is_int(self.max_batch) and self.max_batch >= 1):
@@ -134,6 +141,11 @@ class EngineSettings:
             )
         if not (isinstance(self.device, str) and _DEVICE_RE.match(self.device)):
             raise ConfigError(f"EngineSettings.device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if not (_is_real(self.inline_budget) and 0 <= self.inline_budget <= 1):
+            raise ConfigError(
+                f"EngineSettings.inline_budget={self.inline_budget!r}: give a share of the loop's time in [0, 1] "
+                "(e.g. 0.05), or 0 to hand every batch to the inference thread"
+            )
         if self.threads is not None and not (_is_int(self.threads) and self.threads >= 1):
             raise ConfigError(
                 f"EngineSettings.threads={self.threads!r}: give an integer >= 1, or None for torch's default"
@@ -507,6 +519,7 @@ class EngineStats:
             excludes time the thread waited for a core, so it is the batches' cost on a busy machine.
         queued: windows waiting now; ``queue_high``: the most ever waiting at once.
         fallbacks: times the engine moved from a GPU to the CPU after failures.
+        inline: batches of one lone window run on the event loop's thread (``EngineSettings.inline_budget``).
     """
 
     windows: int = 0
@@ -521,6 +534,7 @@ class EngineStats:
     queued: int = 0
     queue_high: int = 0
     fallbacks: int = 0
+    inline: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
     @property
@@ -613,6 +627,8 @@ class InferenceEngine:
         self._lock = threading.Lock()  # model / device swaps vs. predict() from another thread
         self._staging = self._make_staging(settings.max_batch)
         self._batch_cpu_s = 0.0  # CPU time of the last batch (inference thread)
+        self._inline_since = -math.inf  # start of the current second of inline-budget accounting (clock s)
+        self._inline_used = 0.0  # inline forward time (s) spent since then
 
     # ------------------------------------------------------------------ lifecycle
     def _make_staging(self, rows: int) -> torch.Tensor:
@@ -736,7 +752,11 @@ class InferenceEngine:
                     except TimeoutError:
                         break
                 batch = self._take(max_batch)
-                probs = await self._classify([w.data for w, _ in batch], [w.site for w, _ in batch])
+                arrays, sites = [w.data for w, _ in batch], [w.site for w, _ in batch]
+                if self._inline_allowed(batch):
+                    probs = self._classify_inline(arrays, sites)
+                else:
+                    probs = await self._classify(arrays, sites)
                 off = 0
                 for w, _ in batch:
                     c = w.n_channels
@@ -768,6 +788,30 @@ class InferenceEngine:
         self._space.set()
         return batch
 
+    def _inline_allowed(self, batch: list[_Item]) -> bool:
+        """Whether ``batch`` (just taken) runs on the loop's thread: one window, nothing else queued, the engine's
+        own model (a module given by the caller may block: it keeps the timeout) on a CPU, and inline calls under
+        ``inline_budget`` of the current second."""
+        budget = self.settings.inline_budget
+        if budget <= 0 or len(batch) != 1 or self._queue or self.device.type != "cpu" or not self._own_model:
+            return False
+        now = self.clock()
+        if now - self._inline_since >= 1.0:
+            self._inline_since, self._inline_used = now, 0.0
+        return self._inline_used < budget
+
+    def _classify_inline(self, arrays: list[np.ndarray], sites: list[int] | None = None) -> np.ndarray:
+        """Run one lone window's batch here, on the event loop's thread; (rows, K) probabilities."""
+        t0 = self.clock()
+        try:
+            probs: np.ndarray | None = self._run_batch(arrays, sites)
+        except InferenceError as exc:
+            log.error("%s", exc)
+            probs = None
+        self._inline_used += self.clock() - t0
+        self.stats.inline += 1
+        return self._account(arrays, t0, probs)
+
     async def _classify(self, arrays: list[np.ndarray], sites: list[int] | None = None) -> np.ndarray:
         """Run one batch on the inference thread with a timeout; (rows, K) probabilities (NaN on failure)."""
         assert self._executor is not None
@@ -792,6 +836,12 @@ class InferenceEngine:
         except InferenceError as exc:
             log.error("%s", exc)
             probs = None
+        return self._account(arrays, t0, probs)
+
+    def _account(self, arrays: list[np.ndarray], t0: float, probs: np.ndarray | None) -> np.ndarray:
+        """Count a finished batch (started at ``t0``) in :attr:`stats`; its probabilities, NaN if it failed."""
+        rows = sum(a.shape[0] for a in arrays)
+        st = self.stats
         st.busy_s += self.clock() - t0
         if probs is not None:
             st.cpu_s += self._batch_cpu_s

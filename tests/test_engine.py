@@ -90,6 +90,7 @@ def test_settings_validation() -> None:
         "queue_size": 0,
         "timeout_s": 0.0,
         "freeze_heap": "yes",
+        "inline_budget": 1.5,
     }.items():
         with pytest.raises(ConfigError, match=f"EngineSettings.{name}="):
             EngineSettings(**{name: value})  # type: ignore[arg-type]
@@ -379,6 +380,40 @@ class GatedModel(nn.Module):
         if len(self.sizes) == 1:
             self.release.wait(10.0)
         return self.inner(x)
+
+
+async def test_a_lone_window_on_an_idle_cpu_engine_runs_on_the_loop_thread_with_the_same_result() -> None:
+    """Inline: no hand-off to the inference thread for a window that arrives alone; same probabilities."""
+    windows = [make_window(i, channels=1 + i % 2) for i in range(4)]
+    seen: list[str] = []
+    got = Collector()
+    engine = InferenceEngine(BUNDLE, settings(max_wait_ms=0.0, inline_budget=1.0), got)
+    run_batch = engine._run_batch
+
+    def spy(arrays: list[np.ndarray], sites: list[int] | None = None) -> np.ndarray:
+        seen.append(threading.current_thread().name)
+        return run_batch(arrays, sites)
+
+    engine._run_batch = spy  # type: ignore[method-assign]
+    async with engine:
+        for w in windows:  # one at a time: each finds the engine idle
+            engine.submit_nowait(w)
+            await engine.drain()
+    loop_thread = threading.current_thread().name
+    assert seen == [loop_thread] * 4 and engine.stats.inline == 4
+    probs = np.concatenate([p for _, p, _ in got.results])
+    np.testing.assert_allclose(probs, reference_probs(windows), atol=1e-4)
+
+
+async def test_inline_stays_within_its_budget_and_can_be_turned_off() -> None:
+    """With a zero budget, or once the second's budget is spent, lone windows go to the inference thread."""
+    for budget, expect_inline in ((0.0, 0), (1e-9, 1)):  # a tiny budget: the first call spends it
+        engine = InferenceEngine(BUNDLE, settings(max_wait_ms=0.0, inline_budget=budget), Collector())
+        async with engine:
+            for i in range(3):
+                engine.submit_nowait(make_window(i))
+                await engine.drain()
+        assert engine.stats.inline == expect_inline and engine.stats.windows == 3
 
 
 async def test_event_driven_a_lone_window_runs_at_once_and_windows_queued_meanwhile_share_the_next_call() -> None:
