@@ -1,11 +1,14 @@
 """LSL capacity: how many real LSL outlets, in another process, the whole pipeline keeps up with.
 
 A *fleet* process (``python -m streamemg.bench.lsl_capacity``, :func:`fleet_main`) creates ``N`` single-channel
-float32 outlets of one stream type and pushes one ``chunk_ms`` chunk per outlet on absolute deadlines
-(``t0 + (k + 1) * period``), stamping each chunk's last sample with its deadline. A late wake-up pushes at once
-and is counted: the fleet reports its own lateness, so a generator starved of CPU is not read as streamemg's
-fault. streamemg reads the outlets through an ``lsl:type=...`` source into a :class:`~streamemg.pipeline.Pipeline`
-in this process.
+float32 outlets of one stream type and pushes one ``chunk_ms`` chunk per outlet and period on absolute deadlines,
+stamping each chunk's last sample with its deadline. Independent amplifiers are not phase-locked, so the outlets
+are split into ``phases`` groups (by default one per outlet, at most 10) whose deadlines are spread evenly over the
+period (``t0 + (k + 1) * period + g * period / phases``); ``phases=1`` pushes every outlet at the same deadline
+(the worst burst, ``streamemg bench --aligned``). A late wake-up pushes at once and is counted: the fleet reports
+its own lateness at each wake-up and when the group's last push returned, so a generator starved of CPU, or one
+that needs most of a period to push all its outlets, is not read as streamemg's fault. streamemg reads the
+outlets through an ``lsl:type=...`` source into a :class:`~streamemg.pipeline.Pipeline` in this process.
 
 Decision latency is measured from the moment a window's last sample was *due* (its chunk's deadline, which is
 the sample's LSL timestamp: liblsl's clock and :func:`time.monotonic` are the same clock on Linux) to the
@@ -53,7 +56,9 @@ OPEN_TIMEOUT_S = 90.0
 
 
 def _fleet_stats(deadlines: np.ndarray, lateness: np.ndarray, t_from: float, t_to: float,
-                 cpu: np.ndarray | None = None) -> dict[str, Any]:
+                 cpu: np.ndarray | None = None, pushed: np.ndarray | None = None) -> dict[str, Any]:
+    """The fleet's own timing over the wake-ups due in ``[t_from, t_to]``: ``lateness`` (s) at each wake-up,
+    ``pushed`` (s) when that wake-up's last push returned, ``cpu`` the process CPU time (s) at each wake-up."""
     sel = (deadlines >= t_from) & (deadlines <= t_to)
     late = lateness[sel] * 1000.0
     if late.size == 0:
@@ -61,7 +66,7 @@ def _fleet_stats(deadlines: np.ndarray, lateness: np.ndarray, t_from: float, t_t
     idx = np.flatnonzero(sel)
     span = float(deadlines[idx[-1]] - deadlines[idx[0]])
     cores = float(cpu[idx[-1]] - cpu[idx[0]]) / span if cpu is not None and span > 0 else math.nan
-    return {
+    out: dict[str, Any] = {
         "cpu_cores": round(cores, 3) if math.isfinite(cores) else None,
         "ticks": int(late.size),
         "lateness_ms_p50": round(float(np.percentile(late, 50)), 3),
@@ -69,6 +74,11 @@ def _fleet_stats(deadlines: np.ndarray, lateness: np.ndarray, t_from: float, t_t
         "lateness_ms_max": round(float(late.max()), 3),
         "ticks_late_over_10ms": int(np.count_nonzero(late > 10.0)),
     }
+    if pushed is not None:
+        done = pushed[sel] * 1000.0
+        out["pushed_ms_p50"] = round(float(np.percentile(done, 50)), 3)
+        out["pushed_ms_p99"] = round(float(np.percentile(done, 99)), 3)
+    return out
 
 
 def fleet_main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +90,8 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fs", type=float, default=8000.0)
     ap.add_argument("--chunk-ms", type=float, default=10.0)
     ap.add_argument("--max-s", type=float, default=600.0, help="stop by itself after this long")
+    ap.add_argument("--phases", type=int, default=0,
+                    help="push groups spread over each period (0: one per outlet, at most 10; 1: all at once)")
     args = ap.parse_args(argv)
     from ..lsl.config import configure_machine_scope
     from ..lsl.executor import import_pylsl
@@ -112,10 +124,13 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
     threading.Thread(target=read_stdin, daemon=True).start()
     print("ready", flush=True)
     period = chunk / args.fs
-    n_max = int(args.max_s / period)
+    phases = max(1, min(args.phases or 10, args.count))
+    groups = [list(range(g, args.count, phases)) for g in range(phases)]
+    n_max = int(args.max_s / period) * phases  # wake-ups: one per group and period
     deadlines = np.zeros(n_max)
     lateness = np.zeros(n_max)
-    cpu = np.zeros(n_max)  # the fleet's own process CPU time at each tick (liblsl's sender threads included)
+    pushed = np.zeros(n_max)  # when the wake-up's last push returned, after its deadline (s)
+    cpu = np.zeros(n_max)  # the fleet's own process CPU time at each wake-up (liblsl's sender threads included)
     offsets = [(i * 7919) % per for i in range(args.count)]
     # pushes through liblsl's C call with the outlet handle built once (pylsl's push_chunk costs ~10 µs of
     # argument conversion per call, which at hundreds of outlets starves the fleet itself)
@@ -126,25 +141,29 @@ def fleet_main(argv: Sequence[str] | None = None) -> int:
     n_values = ctypes.c_long(chunk)
     push_through = ctypes.c_int(1)
     t0 = time.monotonic() + 0.05
-    k = 0
-    while not stop and k < n_max:
-        deadline = t0 + (k + 1) * period
+    w = 0
+    while not stop and w < n_max:
+        k, g = divmod(w, phases)  # period k, group g
+        deadline = t0 + (k + 1) * period + g * period / phases
         now = time.monotonic()
         if now < deadline:
             time.sleep(deadline - now)
             now = time.monotonic()
-        deadlines[k], lateness[k], cpu[k] = deadline, now - deadline, time.process_time()
+        deadlines[w], lateness[w], cpu[w] = deadline, now - deadline, time.process_time()
         stamp = ctypes.c_double(deadline)
-        for i, (fn, obj) in enumerate(fast):
+        for i in groups[g]:
+            fn, obj = fast[i]
             j = ((k + offsets[i]) % per) * chunk
             if fn is None:
                 obj.push_chunk(templates[i % 8, j : j + chunk], deadline)
             else:
                 fn(obj, ctypes.c_void_p(base + (i % 8) * row_bytes + j * 4), n_values, stamp, push_through)
-        k += 1
+        pushed[w] = time.monotonic() - deadline
+        w += 1
     t_from, t_to = stop[0] if stop else (0.0, math.inf)
-    stats = _fleet_stats(deadlines[:k], lateness[:k], t_from, t_to, cpu[:k])
+    stats = _fleet_stats(deadlines[:w], lateness[:w], t_from, t_to, cpu[:w], pushed[:w])
     stats["outlets"] = args.count
+    stats["phases"] = phases
     print(json.dumps(stats), flush=True)
     del outlets
     return 0
@@ -157,10 +176,11 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values.size else None
 
 
-async def _start_fleet(n: int, stream_type: str, fs: float, chunk_ms: float) -> asyncio.subprocess.Process:
+async def _start_fleet(n: int, stream_type: str, fs: float, chunk_ms: float,
+                       phases: int = 0) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamemg.bench.lsl_capacity", "--count", str(n), "--type", stream_type,
-        "--fs", repr(fs), "--chunk-ms", repr(chunk_ms),
+        "--fs", repr(fs), "--chunk-ms", repr(chunk_ms), "--phases", str(phases),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=dict(os.environ),
     )
@@ -207,8 +227,11 @@ async def run_lsl_realtime(
     p99_limit_ms: float = TARGET_P99_MS,
     source_params: str = "",
     settings: PipelineSettings | None = None,
+    phases: int = 0,
 ) -> dict[str, Any]:
     """``n_streams`` LSL outlets in a fleet process -> ``lsl:type=...`` -> the whole pipeline; latency and CPU.
+
+    ``phases``: the fleet's push groups over each period (module docstring; 0: its default, 1: all at once).
 
     Returns a dict with ``streams``, ``keeps_up`` (and ``reason`` when not), ``open_s`` (from the source's start
     until every outlet was announced), ``classified_streams``, ``windows`` / ``windows_expected`` in the measured
@@ -230,7 +253,7 @@ async def run_lsl_realtime(
         now = time.monotonic()
         published.append((now, now - (est.time + delay_s), est.stream_id, est.latency_ms))
 
-    proc = await _start_fleet(n_streams, stream_type, fs, chunk_ms)
+    proc = await _start_fleet(n_streams, stream_type, fs, chunk_ms, phases)
     source = LSLSource(uri, parse_uri(uri))
     pipe = Pipeline([source], [], bundle=bundle, settings=settings or PipelineSettings(),
                     engine_settings=engine_settings, on_estimate=on_estimate)
@@ -313,6 +336,7 @@ async def measure_lsl_capacity(
     progress: Any = None,
     settings: PipelineSettings | None = None,
     chunk_ms: float = 10.0,
+    phases: int = 0,
 ) -> dict[str, Any]:
     """:func:`run_lsl_realtime` at each count (ascending; stops after the first count that does not keep up).
 
@@ -324,18 +348,19 @@ async def measure_lsl_capacity(
         if progress is not None:
             progress(f"LSL capacity: {n} outlets in another process, {chunk_ms:g} ms chunks")
         r = await run_lsl_realtime(bundle, n, engine_settings, duration_s, warmup_s, chunk_ms=chunk_ms,
-                                   settings=settings)
+                                   settings=settings, phases=phases)
         runs.append(r)
         if progress is not None:
             fl = r.get("fleet", {})
             progress(f"  -> keeps up: {r['keeps_up']}; p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms "
                      f"(due -> pipeline p99 {r['to_pipeline_ms_p99']}, in pipeline p99 {r['in_pipeline_ms_p99']}), "
-                     f"cpu {r['cpu']}, outlets late p99 {fl.get('lateness_ms_p99')} ms, outlets cpu "
+                     f"cpu {r['cpu']}, outlets late p99 {fl.get('lateness_ms_p99')} ms (pushed p99 "
+                     f"{fl.get('pushed_ms_p99')} ms), outlets cpu "
                      f"{fl.get('cpu_cores')} {r['reason']}")
         if not r["keeps_up"]:
             break
         capacity = n
-    return {"runs": runs, "capacity_streams": capacity, "chunk_ms": chunk_ms}
+    return {"runs": runs, "capacity_streams": capacity, "chunk_ms": chunk_ms, "phases": phases}
 
 
 if __name__ == "__main__":  # pragma: no cover - the fleet process

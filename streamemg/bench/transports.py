@@ -34,7 +34,8 @@ async def _lsl_capacity_figures(bundle: Any, engine_settings: Any, counts: Any, 
         if not lsl_available():
             return "unavailable: liblsl cannot be loaded"
         return await measure_lsl_capacity(bundle, engine_settings, counts, duration_s=s.run_s, warmup_s=s.warm_s,
-                                          progress=say, settings=pipe_settings, chunk_ms=chunk_ms)
+                                          progress=say, settings=pipe_settings, chunk_ms=chunk_ms,
+                                          phases=0 if s.spread else 1)
     except Exception as exc:  # report, never fail the benchmark
         return f"unavailable: {type(exc).__name__}: {exc}"
 

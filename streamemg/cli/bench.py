@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-batch", type=int, default=None, metavar="N", help="fix max_batch (default: measured)")
     p.add_argument("--max-wait-ms", type=float, default=None, metavar="MS", help="fix max_wait_ms (default: measured)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="engine threads (default: cores - 1)")
-    p.add_argument("--aligned", action="store_true", help="all streams' windows fall due together (worst burst)")
+    p.add_argument("--aligned", action="store_true",
+                   help="all streams' windows fall due together, and the LSL outlets push at one deadline "
+                        "(worst burst)")
     p.add_argument("--no-lsl", action="store_true", help="skip the LSL ingest figures")
     p.add_argument("--no-mqtt", action="store_true", help="skip the MQTT ingest figures")
     p.add_argument(

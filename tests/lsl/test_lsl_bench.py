@@ -88,6 +88,38 @@ def test_lsl_capacity_runs_at_another_chunk_length(pylsl: Any) -> None:
     (run,) = result["runs"]
     assert result["chunk_ms"] == 40.0 and run["chunk_ms"] == 40.0
     assert run["classified_streams"] == 2 and run["windows"] > 0
-    # the fleet ticks once per chunk: about 3 s / 40 ms in the measured segment
-    assert 50 <= run["fleet"]["ticks"] <= 100, run["fleet"]
+    # the fleet wakes once per chunk and push group (one group per outlet here): about 2 x 3 s / 40 ms
+    assert run["fleet"]["phases"] == 2 and 100 <= run["fleet"]["ticks"] <= 200, run["fleet"]
     assert run["to_pipeline_ms_p50"] is not None and run["in_pipeline_ms_p50"] is not None
+
+
+def test_the_fleet_spreads_its_outlets_over_the_period_unless_aligned(pylsl: Any) -> None:
+    """Independent amplifiers are not phase-locked: by default each outlet (up to 10 groups) has its own deadline
+    in the period, and the fleet reports when each group's pushes were done; --phases 1 pushes all at once."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from streamemg.lsl.config import configure_machine_scope
+
+    configure_machine_scope()  # the fleet inherits the loopback-only configuration
+    for phases, groups in ((0, 3), (1, 1)):
+        cmd = [sys.executable, "-m", "streamemg.bench.lsl_capacity", "--count", "3", "--type",
+               f"EMGfleet{uuid.uuid4().hex[:6]}", "--chunk-ms", "10", "--max-s", "0.5", "--phases", str(phases)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env=dict(os.environ))
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "ready"
+            stats = json.loads(proc.stdout.readline())  # stdin stays open: the fleet stops by itself at --max-s
+            proc.stdin.close()
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert stats["phases"] == groups and stats["outlets"] == 3
+        assert stats["ticks"] == 50 * groups, stats  # 0.5 s of 10 ms periods, one wake-up per group
+        assert stats["pushed_ms_p50"] >= stats["lateness_ms_p50"], stats
