@@ -71,6 +71,10 @@ log = logging.getLogger(__name__)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+#: Inline calls (:attr:`EngineSettings.inline_budget`) pause for a second after one in which the event loop's thread
+#: was busy (CPU time / wall time) for at least this share.
+_INLINE_LOOP_BUSY_MAX = 0.5
+
 #: Accepted values of :attr:`EngineSettings.optimize`.
 OPTIMIZE_MODES: tuple[str, ...] = ("auto", "none", "fold", "trace")
 
@@ -111,9 +115,11 @@ class EngineSettings:
         inline_budget: a window that arrives alone on an idle engine with a CPU device is classified on the event
             loop's own thread instead of being handed to the inference thread and back: two thread wake-ups (about
             0.3 ms each on this machine) come off its latency. Such inline calls may take at most this share of
-            the loop's time over each second; beyond it (load) windows go to the inference thread as before, where
-            batches form. 0 turns it off. Inline calls cannot be abandoned on ``timeout_s`` (a CPU forward of one
-            window does not hang the way a device can).
+            the loop's time over each second, and none are made in a second after one in which the loop's thread
+            was busy half the time or more: under load every batch goes to the inference thread as before, and the
+            loop keeps its core for ingest. 0 turns it off. Inline calls cannot be abandoned on ``timeout_s``, so
+            only the engine's own model runs inline (a CPU forward of one window does not hang the way a device or
+            a module given by the caller can).
     """
 
     # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
@@ -629,6 +635,7 @@ class InferenceEngine:
         self._batch_cpu_s = 0.0  # CPU time of the last batch (inference thread)
         self._inline_since = -math.inf  # start of the current second of inline-budget accounting (clock s)
         self._inline_used = 0.0  # inline forward time (s) spent since then
+        self._inline_cpu = 0.0  # the loop thread's CPU time (s) at _inline_since
 
     # ------------------------------------------------------------------ lifecycle
     def _make_staging(self, rows: int) -> torch.Tensor:
@@ -797,7 +804,12 @@ class InferenceEngine:
             return False
         now = self.clock()
         if now - self._inline_since >= 1.0:
-            self._inline_since, self._inline_used = now, 0.0
+            # a new second: no inline calls in it if the loop's thread was busy for most of the last one (under
+            # load the loop is the pipeline's bottleneck, and the inference thread should take every batch)
+            cpu = time.thread_time()
+            busy = (cpu - self._inline_cpu) / (now - self._inline_since)
+            self._inline_since, self._inline_cpu = now, cpu
+            self._inline_used = 0.0 if busy < _INLINE_LOOP_BUSY_MAX else budget
         return self._inline_used < budget
 
     def _classify_inline(self, arrays: list[np.ndarray], sites: list[int] | None = None) -> np.ndarray:
