@@ -161,7 +161,7 @@ def evaluate(rows: Sequence[dict[str, Any]], cnn: dict[str, Any] | None = None) 
 def cnn_out_of_fold(data: Path, out: Path, threads: int = 1) -> None:
     """Train the spectral CNN with the model card's protocol (subject-wise 5-fold per site, seed 0; cross-site both
     ways) and write its out-of-fold recording probabilities to ``out`` (JSON, the ``--cnn`` input). Slow: it trains
-    twelve models (about half an hour of one core)."""
+    twelve models (about ten minutes of one core)."""
     import torch
 
     from ..clinical.datasets import find_recordings
