@@ -72,8 +72,9 @@ log = logging.getLogger(__name__)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 #: Inline calls (:attr:`EngineSettings.inline_budget`) pause for a second after one in which the event loop's thread
-#: was busy (CPU time / wall time) for at least this share.
-_INLINE_LOOP_BUSY_MAX = 0.5
+#: was busy (CPU time / wall time) for at least this share: they are for low load (at 128 in-process streams, with
+#: the loop 31-43 % busy, they did not lower the latency and may have raised its p99; docs/performance.md).
+_INLINE_LOOP_BUSY_MAX = 0.25
 
 #: Accepted values of :attr:`EngineSettings.optimize`.
 OPTIMIZE_MODES: tuple[str, ...] = ("auto", "none", "fold", "trace")
@@ -116,10 +117,10 @@ class EngineSettings:
             loop's own thread instead of being handed to the inference thread and back: two thread wake-ups (about
             0.3 ms each on this machine) come off its latency. Such inline calls may take at most this share of
             the loop's time over each second, and none are made in a second after one in which the loop's thread
-            was busy half the time or more: under load every batch goes to the inference thread as before, and the
-            loop keeps its core for ingest. 0 turns it off. Inline calls cannot be abandoned on ``timeout_s``, so
-            only the engine's own model runs inline (a CPU forward of one window does not hang the way a device or
-            a module given by the caller can).
+            was busy a quarter of the time or more: under load every batch goes to the inference thread as
+            before, and the loop keeps its core for ingest. 0 turns it off. Inline calls cannot be abandoned on
+            ``timeout_s``, so only the engine's own model runs inline (a CPU forward of one window does not hang
+            the way a device or a module given by the caller can).
     """
 
     # Both measured by `streamemg bench` (docs/performance.md): 32-64 rows give the model's best windows/s (larger
