@@ -327,6 +327,9 @@ class ClassProfile:
             ``noise_uv``.
         main_width: width of a MUAP's main spike relative to its other phases (smaller: sharper spike, more
             power at high frequencies).
+        noise_corner_hz: the background passes a first-order low-pass at this frequency (distant units reach the
+            needle through tissue, which attenuates their high frequencies); None: no low-pass. ``noise_gain``
+            sets its RMS either way.
     """
 
     n_units: tuple[int, int]
@@ -351,6 +354,7 @@ class ClassProfile:
     pickup_gain: float = 1.0
     noise_gain: float = 1.0
     main_width: float = 0.75
+    noise_corner_hz: float | None = None
 
 
 #: Per-class parameters, fitted to the EMGLAB N2001 classes (docs/qemg.md, "The simulator, calibrated"): the
@@ -705,6 +709,12 @@ class EMGSimulator:
         self._pink_sos[0, :3] /= math.sqrt(float(np.sum(h * h)))  # unit output variance for unit white input
         h /= math.sqrt(float(np.sum(h * h)))
         h[0] += 1.0
+        self._bg_sos: np.ndarray | None = None
+        corner = p.noise_corner_hz
+        if corner is not None and corner < 0.45 * fs:
+            self._bg_sos = signal.butter(1, corner, fs=fs, output="sos")
+            h = signal.sosfilt(self._bg_sos, h)
+            self._bg_zi = np.zeros((self._bg_sos.shape[0], 2, self.n_channels))
         self._noise_norm = 1.0 / math.sqrt(float(np.sum(h * h)))  # white + pink from one draw -> unit variance
         self._pink_zi = np.zeros((self._pink_sos.shape[0], 2, self.n_channels))
 
@@ -818,6 +828,8 @@ class EMGSimulator:
             white = nrng.standard_normal((n, c))
             pink, self._pink_zi = signal.sosfilt(self._pink_sos, white, axis=0, zi=self._pink_zi)
             white += pink
+            if self._bg_sos is not None:
+                white, self._bg_zi = signal.sosfilt(self._bg_sos, white, axis=0, zi=self._bg_zi)
             white *= self.noise_uv * self.profile.noise_gain * self._noise_norm
             x += white
         if self.mains_hz is not None and self.mains_uv > 0:

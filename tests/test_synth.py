@@ -239,6 +239,29 @@ def test_class_profiles_carry_their_calibration() -> None:
 # ----------------------------------------------------------------------------- noise, hum, crosstalk
 
 
+def test_background_low_pass_keeps_its_level_and_drops_high_frequencies() -> None:
+    """``noise_corner_hz``: the background of distant units loses its high frequencies, at the same RMS."""
+    from dataclasses import replace
+
+    from simulators import synth
+
+    fs = 8000.0
+    old = synth.PROFILES["normal"]
+    try:
+        ps = {}
+        for corner in (None, 150.0):
+            synth.PROFILES["normal"] = replace(old, noise_corner_hz=corner)
+            clean = EMGSimulator("normal", fs, seed=3, noise_uv=0.0).generate(int(fs * 8))
+            noise = (EMGSimulator("normal", fs, seed=3, noise_uv=5.0).generate(int(fs * 8)) - clean)[:, 0]
+            assert float(noise.std()) == pytest.approx(5.0 * old.noise_gain, rel=0.15)
+            f, p = signal.welch(noise.astype(np.float64), fs=fs, nperseg=4096)
+            ps[corner] = p[(f > 30) & (f < 100)].mean() / p[(f > 1000) & (f < 3000)].mean()
+    finally:
+        synth.PROFILES["normal"] = old
+    assert ps[150.0] > 10 * ps[None]
+
+
+
 def test_noise_level_and_1_over_f_shape() -> None:
     fs = 8000.0
     clean = EMGSimulator("normal", fs, n_channels=2, seed=3, noise_uv=0.0).generate(int(fs * 8))

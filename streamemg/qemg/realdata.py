@@ -7,7 +7,8 @@ with ``--write-reference``, writes the normative reference from the EMGLAB Norma
 ``--cache FILE`` keeps the per-recording results (JSON lines) so a second run only prints.
 
 ``--compare-sim`` adds the simulator-vs-EMGLAB table: for every class the QEMG measures of the simulator
-(``--sim-seeds`` seeds x ``--sim-seconds`` s at 10 kHz, the demo's rate) next to those of the real EMGLAB
+(``--sim-seeds`` seeds x ``--sim-seconds`` s at 10 kHz, the demo's rate; by default 11 s, as long as an EMGLAB
+recording, so that what a recording pools over its horizons compares like for like) next to those of the real EMGLAB
 recordings, and the log power of the classifier's own frames (20 Hz high-pass, 4 kHz, 128-sample frames) in
 five bands: the 10th, 50th and 90th percentile over the frames of a recording, in dB re 1 µV² (the spread
 tells a recording of a few separate spikes from a continuous interference pattern of the same mean power).
@@ -31,7 +32,7 @@ from ..clinical.datasets import find_recordings
 from ..types import CLASS_NAMES
 from .analyser import QemgSettings
 from .normative import REFERENCE_PATH, build_reference
-from .report import analyse_array
+from .report import analyse_row
 
 #: Measures tabulated per class.
 TABLE_MEASURES: tuple[tuple[str, str, int], ...] = (
@@ -73,8 +74,7 @@ def analyse_refs(data: Path, cache: Path | None, settings: QemgSettings | None =
             st = settings or QemgSettings()
             if ref.dataset == "mendeley":  # its recordings carry strong 50 Hz hum (PROVENANCE): notch it
                 st = replace(st, notch_hz=50.0)
-            summ = analyse_array(rec.data, rec.fs, st)
-            row = summ.to_dict()
+            row = analyse_row(rec.data, rec.fs, st)
             row.update(record=key, dataset=ref.dataset, subject=ref.subject, label=ref.label, site=ref.site)
             rows.append(row)
             if fh is not None:
@@ -205,7 +205,7 @@ def simulated_rows(
         label = CLASS_LABELS[cls]
         for seed in range(seeds):
             x = EMGSimulator(cls, fs, seed=seed).generate(round(seconds * fs))
-            row = analyse_array(x, fs).to_dict()
+            row = analyse_row(x, fs)
             row.update(record=f"sim:{cls}:{seed}", dataset="sim", subject=f"sim:{cls}:{seed}", label=label)
             rows.append(row)
             spectra[label].append(log_spectrum(x[:, 0], fs))
@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write-reference", action="store_true", help=f"write {REFERENCE_PATH.name} into the package")
     p.add_argument("--compare-sim", action="store_true", help="add the simulator-vs-EMGLAB table")
     p.add_argument("--sim-seeds", type=int, default=3, help="simulated 'subjects' per class (default 3)")
-    p.add_argument("--sim-seconds", type=float, default=20.0, help="seconds per simulated subject (default 20)")
+    p.add_argument("--sim-seconds", type=float, default=11.0,
+                   help="seconds per simulated subject (default 11, the EMGLAB recordings' length: one horizon)")
     args = p.parse_args(argv)
     rows = analyse_refs(Path(args.data), Path(args.cache) if args.cache else None)
     for ds in ("emglab", "mendeley"):

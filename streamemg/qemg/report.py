@@ -20,7 +20,7 @@ from ..sources.base import open_source
 from ..types import Chunk, StreamInfo
 from .analyser import QemgAnalyser, QemgSettings, QemgSummary, UnitMeasures
 
-__all__ = ["StreamReport", "analyse_array", "analyse_file", "file_uri"]
+__all__ = ["StreamReport", "analyse_array", "analyse_file", "analyse_row", "file_uri"]
 
 
 @dataclass
@@ -118,6 +118,23 @@ def analyse_array(data: np.ndarray, fs: float, settings: QemgSettings | None = N
     p = _Pooled(fs, x.shape[1], s)
     p.feed(x, max(1, round(0.25 * fs)))
     return p.finish()[1]
+
+
+def analyse_row(data: np.ndarray, fs: float, settings: QemgSettings | None = None) -> dict[str, Any]:
+    """The measures of :func:`analyse_array` as :meth:`StreamReport.to_dict` gives them: ``units`` is the mean
+    count per horizon (the summary's own ``units`` counts every horizon's, so a 20 s recording counts two),
+    ``horizons`` how many were pooled."""
+    s = settings or QemgSettings()
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[:, None]
+    p = _Pooled(fs, x.shape[1], s)
+    p.feed(x, max(1, round(0.25 * fs)))
+    _, summary, horizons = p.finish()
+    out = summary.to_dict()
+    out["units"] = round(len(summary.muaps) / max(1, horizons), 1)
+    out["horizons"] = horizons
+    return out
 
 
 async def analyse_file(path: str, fs: float | None = None, settings: QemgSettings | None = None) -> list[StreamReport]:

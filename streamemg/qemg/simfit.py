@@ -1,16 +1,20 @@
 """Fit one simulated class's parameters to the real EMGLAB class (how ``simulators.synth.PROFILES`` were set).
 
-``python -m streamemg.qemg.simfit --data DATA_DIR --cls als [--start P,P,...] [--iters 150] [--seeds 10,11,12,13]``
+``python -m streamemg.qemg.simfit --data DATA_DIR --cls als [--start P,P,...] [--iters 150] [--seeds 10,11,12,13]
+[--seconds 11]``
 
 Objective (smaller is better), all on the same measurements as the real data:
 
 * the classifier's log spectrum (:func:`streamemg.qemg.realdata.frame_spectrum`: per bin, mean / 10th / 90th
   percentile over frames): RMS difference to the real class mean, over 1.5 dB (mean) and 2 dB (percentiles);
 * QEMG (recording-level report): log amplitude ratio over 0.15, duration over 1.5 ms, phases over 0.4,
-  % polyphasic over 10 points.
+  % polyphasic over 10 points, log ratio of units per horizon over 0.2, log ratio of the baseline noise over
+  0.2, firing rate over 1.5 Hz.
 
-Nine parameters, relative to the class's current profile: log pickup gain, duration scale, mean phase count,
-unit-count scale, log noise gain, firing-rate scale, log amplitude spread, effort, main-spike width. Search:
+Ten parameters: log pickup gain, duration scale, mean phase count, unit-count scale, log noise gain, firing-rate
+scale, log amplitude spread, effort, main-spike width, log10 of the background's low-pass corner (Hz; 3.6 and
+above: none). The scales and the gain and spread are relative to the class's current profile, the others
+absolute; the default start reproduces the current profile (its phase table rounded to a Gaussian). Search:
 random coordinate perturbations around the best point, shrinking steps (0.25, 0.12, 0.05 of each range).
 The simulated "subjects" are the seeds given (keep them apart from the seeds a test then checks).
 Only the simulator is fitted; the classifier is neither used nor changed here.
@@ -29,13 +33,15 @@ import numpy as np
 
 from ..clinical.datasets import find_recordings
 from .realdata import frame_spectrum, real_frame_spectra, subject_means
-from .report import analyse_array
+from .report import analyse_row
 
 #: Parameter names, lower and upper bounds.
 NAMES = ("log_gain", "dur_scale", "phases_mu", "units_scale", "log_noise", "rate_scale", "log_amp_spread", "effort",
-         "main_width")
-LO = np.array([-2.0, 0.3, 2.0, 0.2, -2.5, 0.4, -1.5, 0.05, 0.08])
-HI = np.array([2.0, 2.5, 6.5, 2.5, 1.5, 2.0, 0.7, 0.8, 1.2])
+         "main_width", "log_noise_corner")
+LO = np.array([-2.0, 0.3, 2.0, 0.2, -2.5, 0.4, -1.5, 0.05, 0.08, 1.5])
+HI = np.array([2.0, 2.5, 6.5, 2.5, 1.5, 2.0, 0.7, 0.8, 1.2, 3.6])
+#: The recording-level QEMG measures in the objective.
+QEMG_TERMS = ("amplitude_uv", "duration_ms", "phases", "polyphasic_pct", "units", "noise_uv", "firing_hz")
 
 
 def phases_table(mu: float) -> tuple[tuple[int, float], ...]:
@@ -48,7 +54,7 @@ def phases_table(mu: float) -> tuple[tuple[int, float], ...]:
 
 def profile_from(base: Any, th: Sequence[float] | np.ndarray) -> Any:
     """The class profile for parameters ``th`` (see :data:`NAMES`) relative to ``base``."""
-    g, dsc, ph, nu, ng, rs, asp, eff, mw = (float(v) for v in th)
+    g, dsc, ph, nu, ng, rs, asp, eff, mw, corner = (float(v) for v in th)
     a_lo, a_hi = base.amplitude_uv
     mid, half = math.sqrt(a_lo * a_hi), math.log(a_hi / a_lo) / 2 * math.exp(asp)
     return replace(
@@ -65,19 +71,27 @@ def profile_from(base: Any, th: Sequence[float] | np.ndarray) -> Any:
         serrations=(0, 0) if ph < 3.2 else (0, max(1, base.serrations[1])),
         effort=round(eff, 3),
         main_width=round(mw, 3),
+        noise_corner_hz=None if corner >= HI[-1] else round(10.0**corner, 1),
     )
+
+
+def start_point(base: Any) -> np.ndarray:
+    """The parameters (see :data:`NAMES`) that reproduce ``base``, up to the rounding of its phase table."""
+    ph = sum(k * q for k, q in base.phases) / sum(q for _, q in base.phases)
+    corner = HI[-1] if base.noise_corner_hz is None else math.log10(base.noise_corner_hz)
+    return np.array([0.0, 1.0, ph, 1.0, math.log(base.noise_gain), 1.0, 0.0, base.effort, base.main_width, corner])
 
 
 def real_targets(data: Path, label: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The real class's frame spectrum and QEMG means (subject means), from ``rows`` (realdata rows)."""
     sel = [r for r in rows if r["dataset"] == "emglab" and r["label"] == label]
     out: dict[str, Any] = {k: float(np.mean(list(subject_means(sel, k).values())))
-                           for k in ("amplitude_uv", "duration_ms", "phases", "polyphasic_pct")}
+                           for k in QEMG_TERMS}
     out["spectrum"] = real_frame_spectra(data)[label]
     return out
 
 
-def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 8.0) -> float:
+def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 11.0) -> float:
     """The objective of the module docstring for one candidate profile."""
     from simulators import synth
 
@@ -87,13 +101,12 @@ def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seco
         rows, specs = [], []
         for seed in seeds:
             x = synth.EMGSimulator(cls, 10000.0, seed=seed).generate(round(seconds * 10000.0))
-            rows.append(analyse_array(x, 10000.0).to_dict())
+            rows.append(analyse_row(x, 10000.0))
             specs.append(frame_spectrum(x[:, 0], 10000.0))
     finally:
         synth.PROFILES[cls] = old
-    m = {k: [r[k] for r in rows if r[k] is not None] for k in ("amplitude_uv", "duration_ms", "phases",
-                                                                "polyphasic_pct")}
-    if not m["amplitude_uv"] or not m["duration_ms"]:
+    m = {k: [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])] for k in QEMG_TERMS}
+    if any(not v for v in m.values()):
         return 1e6
     d = np.mean(specs, axis=0) - target["spectrum"]
     rms = [float(np.sqrt(np.mean(r * r))) for r in d]
@@ -102,6 +115,9 @@ def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seco
     value += ((float(np.mean(m["duration_ms"])) - target["duration_ms"]) / 1.5) ** 2
     value += ((float(np.mean(m["phases"])) - target["phases"]) / 0.4) ** 2
     value += ((float(np.mean(m["polyphasic_pct"])) - target["polyphasic_pct"]) / 10.0) ** 2
+    value += (math.log(max(float(np.mean(m["units"])), 0.1) / target["units"]) / 0.2) ** 2
+    value += (math.log(max(float(np.mean(m["noise_uv"])), 0.01) / target["noise_uv"]) / 0.2) ** 2
+    value += ((float(np.mean(m["firing_hz"])) - target["firing_hz"]) / 1.5) ** 2
     return float(value)
 
 
@@ -114,11 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--cls", required=True, choices=synth.SIM_CLASSES)
     p.add_argument("--rows", default=None, help="realdata rows (JSON lines); default: analyse EMGLAB now")
-    p.add_argument("--start", default=None, help="9 comma-separated parameters (default: the current profile)")
+    p.add_argument("--start", default=None, help="10 comma-separated parameters (default: the current profile)")
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--seeds", default="10,11,12,13")
     p.add_argument("--rng", type=int, default=0)
-    p.add_argument("--seconds", type=float, default=8.0, help="simulated seconds per seed (default 8)")
+    p.add_argument("--seconds", type=float, default=11.0,
+                   help="simulated seconds per seed (default 11, an EMGLAB recording's length: one horizon)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if args.rows:
@@ -131,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = real_targets(data, synth.CLASS_LABELS[args.cls], rows)
     base = synth.PROFILES[args.cls]
     seeds = [int(s) for s in args.seeds.split(",")]
-    x0 = (np.array([float(v) for v in args.start.split(",")]) if args.start
-          else np.array([0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 0.0, base.effort, base.main_width]))
+    x0 = np.array([float(v) for v in args.start.split(",")]) if args.start else start_point(base)
+    if x0.size != len(NAMES):
+        p.error(f"--start needs {len(NAMES)} values ({', '.join(NAMES)})")
     rng = np.random.default_rng(args.rng)
     best = (loss(args.cls, profile_from(base, x0), target, seeds, args.seconds), x0)
     print(f"start {best[0]:.2f}", flush=True)

@@ -89,3 +89,16 @@ def test_a_recorded_session_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     rows = _json_lines(capsys)
     assert len(rows) == 1 and rows[0]["stream"] == "sim:als" and rows[0]["units"] >= 1
     assert rows[0]["seconds"] == pytest.approx(5.0, abs=0.05)
+
+
+def test_analyse_row_counts_units_per_horizon() -> None:
+    """The real-vs-simulated table compares 11 s EMGLAB recordings (one horizon) with 20 s simulated ones (two):
+    ``units`` is per horizon in both, as the recording report gives it (the summary counts every horizon's)."""
+    from streamemg.qemg.report import analyse_array, analyse_row
+
+    x = EMGSimulator("normal", FS, seed=0).generate(round(20 * FS))
+    row = analyse_row(x, FS)
+    pooled = analyse_array(x, FS).to_dict()
+    assert row["horizons"] == 2
+    assert row["units"] == pytest.approx(pooled["units"] / 2, abs=0.05)
+    assert row["amplitude_uv"] == pooled["amplitude_uv"]
