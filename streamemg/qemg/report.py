@@ -109,28 +109,27 @@ class _Pooled:
         return units, pooled, self.harvests
 
 
-def analyse_array(data: np.ndarray, fs: float, settings: QemgSettings | None = None) -> QemgSummary:
-    """The pooled QEMG of a whole recording held in memory, float (n, C) µV at ``fs`` Hz."""
-    s = settings or QemgSettings()
+def _pool_array(data: np.ndarray, fs: float, settings: QemgSettings | None) -> tuple[QemgSummary, int]:
+    """A whole recording held in memory, float (n, C) or (n,) µV at ``fs`` Hz -> (pooled summary, horizons)."""
     x = np.asarray(data, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]
-    p = _Pooled(fs, x.shape[1], s)
+    p = _Pooled(fs, x.shape[1], settings or QemgSettings())
     p.feed(x, max(1, round(0.25 * fs)))
-    return p.finish()[1]
+    _, summary, horizons = p.finish()
+    return summary, horizons
+
+
+def analyse_array(data: np.ndarray, fs: float, settings: QemgSettings | None = None) -> QemgSummary:
+    """The pooled QEMG of a whole recording held in memory, float (n, C) µV at ``fs`` Hz."""
+    return _pool_array(data, fs, settings)[0]
 
 
 def analyse_row(data: np.ndarray, fs: float, settings: QemgSettings | None = None) -> dict[str, Any]:
     """The measures of :func:`analyse_array` as :meth:`StreamReport.to_dict` gives them: ``units`` is the mean
     count per horizon (the summary's own ``units`` counts every horizon's, so a 20 s recording counts two),
     ``horizons`` how many were pooled."""
-    s = settings or QemgSettings()
-    x = np.asarray(data, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
-    p = _Pooled(fs, x.shape[1], s)
-    p.feed(x, max(1, round(0.25 * fs)))
-    _, summary, horizons = p.finish()
+    summary, horizons = _pool_array(data, fs, settings)
     out = summary.to_dict()
     out["units"] = round(len(summary.muaps) / max(1, horizons), 1)
     out["horizons"] = horizons
