@@ -391,6 +391,7 @@ def test_cli_bench_json_tiny_run(bundle, tmp_path, capsys: pytest.CaptureFixture
         return
     cap = report["lsl_capacity"]
     assert isinstance(cap, dict), cap  # a string says why it could not run
+    assert report["lsl_capacity_max_wait_ms"] == 0.0  # the shipped wait, as a lab runs it
     (run,) = cap["runs"]
     assert run["streams"] == 4 and run["classified_streams"] == 4
     assert run["windows"] > 0 and run["latency_ms_p50"] > 0
