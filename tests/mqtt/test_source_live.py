@@ -211,7 +211,10 @@ async def test_simulated_devices_publish_meta_status_and_data(mosquitto: Mosquit
         await wait_until(lambda: all(sum(c.n_samples for c in col.of(Chunk, s)) == 2000 for s in ids))
         await wait_until(lambda: all(col.of(StatusEvent, s) for s in ids))  # "offline" at the clean stop
         await col.stop()
-    assert all(s.sent == 20 and s.lost == 0 and s.samples == 2000 for s in stats)
+    # every sample arrived; a device that woke late sends the samples it owes in one larger message (pacer), so
+    # the count of messages is at most 20 (0.5 s of 25 ms chunks) and equals what the source received
+    assert all(s.lost == 0 and s.samples == 2000 and 1 <= s.sent <= 20 for s in stats), stats
+    assert all(s.sent == len(col.of(Chunk, f"mqtt:{s.device}")) for s in stats), stats
     for sid in ids:
         info = col.of(StreamInfo, sid)[0]
         assert info.fs == 4000.0 and info.channels == ("EMG1",)
