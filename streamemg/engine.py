@@ -805,8 +805,9 @@ class InferenceEngine:
             return False
         now = self.clock()
         if now - self._inline_since >= 1.0:
-            # a new second: no inline calls in it if the loop's thread was busy for most of the last one (under
-            # load the loop is the pipeline's bottleneck, and the inference thread should take every batch)
+            # a new second: no inline calls in it (the budget counts as spent) if the loop's thread was busy
+            # _INLINE_LOOP_BUSY_MAX of the last one or more (under load the loop is the pipeline's bottleneck, and
+            # the inference thread should take every batch)
             cpu = time.thread_time()
             busy = (cpu - self._inline_cpu) / (now - self._inline_since)
             self._inline_since, self._inline_cpu = now, cpu
