@@ -9,7 +9,13 @@ Objective (smaller is better), all on the same measurements as the real data:
   percentile over frames): RMS difference to the real class mean, over 1.5 dB (mean) and 2 dB (percentiles);
 * QEMG (recording-level report): log amplitude ratio over 0.15, duration over 1.5 ms, phases over 0.4,
   % polyphasic over 10 points, log ratio of units per horizon over 0.2, log ratio of the baseline noise over
-  0.2, firing rate over 1.5 Hz.
+  0.2, firing rate over 1.5 Hz;
+* the classifier's embedding (:mod:`streamemg.qemg.modelview`: what the network's head reads for each stream
+  window): for each simulated subject, the RMS over dimensions of (its mean embedding - the real class's mean) in
+  units of the real class's per-dimension spread; the mean over the simulated subjects, over 0.5 (a real EMGLAB
+  subject sits 0.14-0.55 from its own class's mean, 1.3-7 from another class's). The mean over subjects, not the
+  distance of the pooled mean, so a profile whose seeds scatter around the real class is not rewarded for the
+  average of the scatter. ``--no-model-view`` leaves the term out.
 
 Ten parameters: log pickup gain, duration scale, mean phase count, unit-count scale, log noise gain, firing-rate
 scale, log amplitude spread, effort, main-spike width, log10 of the background's low-pass corner (Hz; 3.6 and
@@ -17,7 +23,8 @@ above: none). The scales and the gain and spread are relative to the class's cur
 absolute; the default start reproduces the current profile (its phase table rounded to a Gaussian). Search:
 random coordinate perturbations around the best point, shrinking steps (0.25, 0.12, 0.05 of each range).
 The simulated "subjects" are the seeds given (keep them apart from the seeds a test then checks).
-Only the simulator is fitted; the classifier is neither used nor changed here.
+Only the simulator is fitted: the classifier's embedding is read as one more view of the real data (as the
+spectrum is); its weights are never changed, and its labels are not in the objective.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..clinical.datasets import find_recordings
+from .modelview import embedding_distance, embeddings, real_embedding_targets, stream_windows
 from .realdata import frame_spectrum, real_frame_spectra, subject_means
 from .report import analyse_row
 
@@ -91,18 +99,37 @@ def real_targets(data: Path, label: str, rows: Sequence[dict[str, Any]]) -> dict
     return out
 
 
-def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 11.0) -> float:
-    """The objective of the module docstring for one candidate profile."""
+@dataclass
+class ModelView:
+    """The classifier's embedding as a view of the data: the bundle, its built model, the real class's target."""
+
+    bundle: Any
+    model: Any
+    target: dict[str, np.ndarray]
+
+    def distance(self, x: np.ndarray, fs: float) -> float:
+        """One simulated subject's distance to the real class (see the module docstring)."""
+        emb = embeddings(self.model, stream_windows(x, fs, self.bundle))
+        return embedding_distance([emb], self.target)
+
+
+def loss(
+    cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 11.0,
+    view: ModelView | None = None,
+) -> float:
+    """The objective of the module docstring for one candidate profile (``view``: the embedding term)."""
     from simulators import synth
 
     old = synth.PROFILES[cls]
     synth.PROFILES[cls] = prof
     try:
-        rows, specs = [], []
+        rows, specs, dists = [], [], []
         for seed in seeds:
             x = synth.EMGSimulator(cls, 10000.0, seed=seed).generate(round(seconds * 10000.0))
             rows.append(analyse_row(x, 10000.0))
             specs.append(frame_spectrum(x[:, 0], 10000.0))
+            if view is not None:
+                dists.append(view.distance(x, 10000.0))
     finally:
         synth.PROFILES[cls] = old
     m = {k: [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])] for k in QEMG_TERMS}
@@ -118,6 +145,8 @@ def loss(cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seco
     value += (math.log(max(float(np.mean(m["units"])), 0.1) / target["units"]) / 0.2) ** 2
     value += (math.log(max(float(np.mean(m["noise_uv"])), 0.01) / target["noise_uv"]) / 0.2) ** 2
     value += ((float(np.mean(m["firing_hz"])) - target["firing_hz"]) / 1.5) ** 2
+    if dists:
+        value += (min(float(np.mean(dists)), 1e3) / 0.5) ** 2
     return float(value)
 
 
@@ -134,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--seeds", default="10,11,12,13")
     p.add_argument("--rng", type=int, default=0)
+    p.add_argument("--no-model-view", action="store_true",
+                   help="leave the classifier's embedding out of the objective (QEMG and spectrum only)")
+    p.add_argument("--model", default=None, help="the model bundle whose embedding is the view (default: shipped)")
     p.add_argument("--seconds", type=float, default=11.0,
                    help="simulated seconds per seed (default 11, an EMGLAB recording's length: one horizon)")
     args = p.parse_args(argv)
@@ -146,13 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         find_recordings([data], datasets=["emglab"])  # fails early with a clear message if the folder is wrong
         rows = analyse_refs(data, None)
     target = real_targets(data, synth.CLASS_LABELS[args.cls], rows)
+    view = None
+    if not args.no_model_view:
+        from ..model import load_bundle
+
+        bundle = load_bundle(args.model)
+        model = bundle.build("cpu")
+        view = ModelView(bundle, model, real_embedding_targets(data, bundle, model)[synth.CLASS_LABELS[args.cls]])
     base = synth.PROFILES[args.cls]
     seeds = [int(s) for s in args.seeds.split(",")]
     x0 = np.array([float(v) for v in args.start.split(",")]) if args.start else start_point(base)
     if x0.size != len(NAMES):
         p.error(f"--start needs {len(NAMES)} values ({', '.join(NAMES)})")
     rng = np.random.default_rng(args.rng)
-    best = (loss(args.cls, profile_from(base, x0), target, seeds, args.seconds), x0)
+    best = (loss(args.cls, profile_from(base, x0), target, seeds, args.seconds, view), x0)
     print(f"start {best[0]:.2f}", flush=True)
     for i in range(args.iters):
         scale = 0.25 if i < args.iters // 3 else (0.12 if i < 2 * args.iters // 3 else 0.05)
@@ -161,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         th = best[1].copy()
         th[idx] += rng.normal(0, 1, k) * (HI - LO)[idx] * scale
         th = np.clip(th, LO, HI)
-        value = loss(args.cls, profile_from(base, th), target, seeds, args.seconds)
+        value = loss(args.cls, profile_from(base, th), target, seeds, args.seconds, view)
         if value < best[0]:
             best = (value, th)
             print(f"{i} {value:.2f} {','.join(f'{v:.4f}' for v in th)}", flush=True)
