@@ -113,11 +113,12 @@ class ModelView:
         return embedding_distance([emb], self.target)
 
 
-def loss(
+def terms(
     cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 11.0,
     view: ModelView | None = None,
-) -> float:
-    """The objective of the module docstring for one candidate profile (``view``: the embedding term)."""
+) -> dict[str, float] | None:
+    """The objective's terms (each already squared and weighted) for one candidate profile; None when a QEMG
+    measure is missing on every simulated subject. ``view``: add the embedding term."""
     from simulators import synth
 
     old = synth.PROFILES[cls]
@@ -132,22 +133,36 @@ def loss(
                 dists.append(view.distance(x, 10000.0))
     finally:
         synth.PROFILES[cls] = old
-    m = {k: [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])] for k in QEMG_TERMS}
-    if any(not v for v in m.values()):
-        return 1e6
+    m = {k: float(np.mean(v)) for k in QEMG_TERMS
+         if (v := [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])])}
+    if len(m) < len(QEMG_TERMS):
+        return None
     d = np.mean(specs, axis=0) - target["spectrum"]
     rms = [float(np.sqrt(np.mean(r * r))) for r in d]
-    value = (rms[0] / 1.5) ** 2 + (rms[1] / 2.0) ** 2 + (rms[2] / 2.0) ** 2
-    value += (math.log(float(np.mean(m["amplitude_uv"])) / target["amplitude_uv"]) / 0.15) ** 2
-    value += ((float(np.mean(m["duration_ms"])) - target["duration_ms"]) / 1.5) ** 2
-    value += ((float(np.mean(m["phases"])) - target["phases"]) / 0.4) ** 2
-    value += ((float(np.mean(m["polyphasic_pct"])) - target["polyphasic_pct"]) / 10.0) ** 2
-    value += (math.log(max(float(np.mean(m["units"])), 0.1) / target["units"]) / 0.2) ** 2
-    value += (math.log(max(float(np.mean(m["noise_uv"])), 0.01) / target["noise_uv"]) / 0.2) ** 2
-    value += ((float(np.mean(m["firing_hz"])) - target["firing_hz"]) / 1.5) ** 2
+    out = {
+        "spectrum_mean": (rms[0] / 1.5) ** 2,
+        "spectrum_p10": (rms[1] / 2.0) ** 2,
+        "spectrum_p90": (rms[2] / 2.0) ** 2,
+        "amplitude_uv": (math.log(m["amplitude_uv"] / target["amplitude_uv"]) / 0.15) ** 2,
+        "duration_ms": ((m["duration_ms"] - target["duration_ms"]) / 1.5) ** 2,
+        "phases": ((m["phases"] - target["phases"]) / 0.4) ** 2,
+        "polyphasic_pct": ((m["polyphasic_pct"] - target["polyphasic_pct"]) / 10.0) ** 2,
+        "units": (math.log(max(m["units"], 0.1) / target["units"]) / 0.2) ** 2,
+        "noise_uv": (math.log(max(m["noise_uv"], 0.01) / target["noise_uv"]) / 0.2) ** 2,
+        "firing_hz": ((m["firing_hz"] - target["firing_hz"]) / 1.5) ** 2,
+    }
     if dists:
-        value += (min(float(np.mean(dists)), 1e3) / 0.5) ** 2
-    return float(value)
+        out["embedding"] = (min(float(np.mean(dists)), 1e3) / 0.5) ** 2
+    return out
+
+
+def loss(
+    cls: str, prof: Any, target: dict[str, Any], seeds: Sequence[int], seconds: float = 11.0,
+    view: ModelView | None = None,
+) -> float:
+    """The objective of the module docstring for one candidate profile: the sum of :func:`terms`."""
+    t = terms(cls, prof, target, seeds, seconds, view)
+    return 1e6 if t is None else float(sum(t.values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--seeds", default="10,11,12,13")
     p.add_argument("--rng", type=int, default=0)
+    p.add_argument("--explain", action="store_true",
+                   help="print the objective's terms at the start point (--start or the current profile) and stop")
     p.add_argument("--no-model-view", action="store_true",
                    help="leave the classifier's embedding out of the objective (QEMG and spectrum only)")
     p.add_argument("--model", default=None, help="the model bundle whose embedding is the view (default: shipped)")
@@ -190,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     x0 = np.array([float(v) for v in args.start.split(",")]) if args.start else start_point(base)
     if x0.size != len(NAMES):
         p.error(f"--start needs {len(NAMES)} values ({', '.join(NAMES)})")
+    if args.explain:
+        t = terms(args.cls, profile_from(base, x0), target, seeds, args.seconds, view)
+        print("a QEMG measure is missing on every simulated subject" if t is None else
+              "  ".join(f"{k} {v:.2f}" for k, v in t.items()) + f"  total {sum(t.values()):.2f}")
+        return 0
     rng = np.random.default_rng(args.rng)
     best = (loss(args.cls, profile_from(base, x0), target, seeds, args.seconds, view), x0)
     print(f"start {best[0]:.2f}", flush=True)
