@@ -6,6 +6,7 @@ measures that view, so the simulator's fit (:mod:`streamemg.qemg.simfit`) can co
 
 * :func:`stream_windows`: the windows a stream would cut from a signal (the pipeline's own per-stream state:
   same filters, resampler, hop and quality gate), those that pass the gate;
+* :func:`rolling_labels`: the rolling estimate a stream of the signal would show, window by window;
 * :func:`embeddings`: the ``(W, E)`` vectors the head of the network reads for those windows;
 * :func:`real_embedding_targets`: per EMGLAB class, the mean of the subjects' mean embeddings and the per-dimension
   spread over windows;
@@ -33,6 +34,13 @@ def stream_windows(x: np.ndarray, fs: float, bundle: Any) -> np.ndarray:
     The signal goes through a stream's own state (:class:`streamemg.pipeline.StreamState`) as one chunk, so the
     windows are exactly what a live stream would send to the classifier.
     """
+    windows, valid, _ = all_stream_windows(x, fs, bundle)
+    return windows[valid]
+
+
+def all_stream_windows(x: np.ndarray, fs: float, bundle: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stream window of ``x``: ``(W, T)`` float32 samples, ``(W,)`` bool passes the quality gate, ``(W,)``
+    stream time (s) of each window's newest sample."""
     from ..pipeline import PipelineSettings, StreamState
     from ..types import Chunk, StreamInfo
 
@@ -40,10 +48,29 @@ def stream_windows(x: np.ndarray, fs: float, bundle: Any) -> np.ndarray:
     info = StreamInfo(stream_id="view", name="view", fs=float(fs), channels=("EMG",))
     state = StreamState(info, None, bundle, PipelineSettings(), clock=lambda: 0.0)
     windows = state.ingest(Chunk("view", np.ascontiguousarray(raw), np.arange(raw.shape[0]) / fs), 0.0)
-    ok = [w.data[0] for w in windows if w.quality[0] == "ok"]
-    if not ok:
-        return np.zeros((0, int(bundle.config.window_samples)), dtype=np.float32)
-    return np.stack(ok).astype(np.float32)
+    T = int(bundle.config.window_samples)
+    data = np.stack([w.data[0] for w in windows]).astype(np.float32) if windows else np.zeros((0, T), np.float32)
+    valid = np.array([w.quality[0] == "ok" for w in windows], dtype=bool)
+    return data, valid, np.array([w.t_end for w in windows], dtype=np.float64)
+
+
+def rolling_labels(x: np.ndarray, fs: float, bundle: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """What a stream of ``x`` would show: per window, the stream time (s) and the rolling probabilities ``(W, K)``
+    (the pipeline's :class:`streamemg.estimates.RollingEstimator` with the bundle's settings; withheld windows hold
+    it), as the dashboard's label is their arg-max."""
+    from ..clinical.train import predict_windows
+    from ..estimates import EstimateSettings, RollingEstimator
+
+    windows, valid, t = all_stream_windows(x, fs, bundle)
+    probs = np.full((len(windows), len(CLASS_NAMES)), np.nan)
+    if valid.any():
+        probs[valid] = predict_windows(model, windows[valid])
+    est = RollingEstimator(EstimateSettings(), len(CLASS_NAMES))
+    out = np.empty_like(probs)
+    for i in range(len(windows)):
+        est.update(probs[i], float(t[i]), bool(valid[i]))
+        out[i] = est.rolling
+    return t, out
 
 
 @torch.inference_mode()
