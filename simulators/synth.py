@@ -359,9 +359,11 @@ class ClassProfile:
 
 #: Per-class parameters, fitted to the EMGLAB N2001 classes (docs/qemg.md, "The simulator, calibrated"): the
 #: simulated signal seen through the classifier's own frames (class-mean log spectrum and its 10th / 90th
-#: percentiles over frames, 64 bins 31-2000 Hz) and through QEMG (amplitude, duration, phases, % polyphasic)
-#: matches the real class. Ranges at the needle tip keep their physiological meaning; ``pickup_gain`` and
-#: ``noise_gain`` bring them to what the electrode records.
+#: percentiles over frames, 64 bins 31-2000 Hz) and through QEMG (amplitude, duration, phases, % polyphasic;
+#: for ALS and myopathy also units per horizon, baseline noise, firing rate, and the classifier's embedding of
+#: the stream windows, ``streamemg.qemg.simfit``) matches the real class. Ranges at the needle tip keep their
+#: physiological meaning; ``pickup_gain``, ``noise_gain`` and ``noise_corner_hz`` bring them to what the
+#: electrode records.
 PROFILES: Final[dict[str, ClassProfile]] = {
     "normal": ClassProfile(
         n_units=(6, 11),
@@ -383,18 +385,18 @@ PROFILES: Final[dict[str, ClassProfile]] = {
         main_width=0.55,
     ),
     "als": ClassProfile(
-        n_units=(1, 3),
-        amplitude_uv=(1260.0, 14250.0),
-        duration_ms=(10.5, 17.8),
-        phases=((2, 0.04), (3, 0.30), (4, 0.49), (5, 0.17)),
+        n_units=(1, 4),
+        amplitude_uv=(1253.3, 14326.4),
+        duration_ms=(11.5, 19.5),
+        phases=((2, 0.039), (3, 0.299), (4, 0.485), (5, 0.165), (6, 0.012)),
         serrations=(0, 3),
         threshold_max=0.25,
         threshold_power=1.0,
-        effort=0.284,
+        effort=0.336,
         effort_swing=0.08,
-        base_rate_hz=5.63,
-        rate_gain_hz=33.8,
-        max_rate_hz=18.0,
+        base_rate_hz=6.44,
+        rate_gain_hz=38.64,
+        max_rate_hz=20.58,
         isi_cv=0.2,
         amp_cv=0.08,
         satellite_p=0.6,
@@ -402,28 +404,30 @@ PROFILES: Final[dict[str, ClassProfile]] = {
         fibrillations=(1, 3),
         psw=(0, 2),
         fasciculation_hz=(0.2, 0.8),
-        pickup_gain=0.083,
-        noise_gain=0.35,
-        main_width=0.20,
+        pickup_gain=0.0835,
+        noise_gain=0.154,
+        main_width=0.2,
+        noise_corner_hz=484.4,
     ),
     "myopathy": ClassProfile(
-        n_units=(13, 21),
-        amplitude_uv=(16.4, 1370.0),
-        duration_ms=(2.63, 5.05),
-        phases=((2, 0.30), (3, 0.51), (4, 0.18), (5, 0.01)),
+        n_units=(7, 11),
+        amplitude_uv=(16.8, 1339.6),
+        duration_ms=(2.83, 5.43),
+        phases=((2, 0.344), (3, 0.496), (4, 0.15)),
         serrations=(0, 0),
         threshold_max=0.12,
         threshold_power=1.0,
-        effort=0.151,
+        effort=0.114,
         effort_swing=0.08,
-        base_rate_hz=5.31,
-        rate_gain_hz=16.6,
-        max_rate_hz=13.3,
+        base_rate_hz=8.72,
+        rate_gain_hz=27.25,
+        max_rate_hz=21.83,
         isi_cv=0.15,
         amp_cv=0.05,
-        pickup_gain=0.404,
-        noise_gain=0.186,
-        main_width=0.43,
+        pickup_gain=0.299,
+        noise_gain=1.502,
+        main_width=0.366,
+        noise_corner_hz=180.6,
     ),
 }
 

@@ -13,6 +13,7 @@ from scipy import signal
 from simulators.pacing import Pacer
 from simulators.synth import (
     MIXED,
+    PROFILES,
     SIM_CLASSES,
     EMGSimulator,
     count_phases,
@@ -128,10 +129,10 @@ def test_als_muaps_are_few_large_long_and_polyphasic() -> None:
     assert min(als_dur) >= 10.0 and np.median(als_dur) > np.median([u.duration_ms for u in normal]) + 3.0
     assert np.mean([count_phases(u.kernel) >= 4 for u in units]) >= 0.6
     assert np.mean([u.has_satellite for u in units]) > 0.3  # unstable late components
-    # few units under the needle: reduced recruitment
+    # few units under the needle: reduced recruitment (1-4 against normal's 6-11)
     per_channel = [sum(u.channel == c for u in EMGSimulator("als", 8000.0, 4, seed=s).units if u.kind == "motor_unit")
                    for s in range(5) for c in range(4)]
-    assert max(per_channel) <= 3
+    assert max(per_channel) <= 4
 
 
 def test_myopathic_muaps_are_small_short_and_many() -> None:
@@ -139,10 +140,11 @@ def test_myopathic_muaps_are_small_short_and_many() -> None:
     normal = _units("normal", seeds=range(4))
     assert all(muap_duration_ms(u.kernel, 10000.0) < 5.5 for u in units)
     assert np.median([u.amplitude_uv for u in units]) < 0.5 * np.median([u.amplitude_uv for u in normal])
-    # early recruitment: many small units share the load
+    # several small units under the needle (the fit to EMGLAB put 7-11 per channel at the tip: the real myopathic
+    # recordings show about 6 separable units per 10 s, docs/qemg.md)
     per_channel = [sum(u.channel == c for u in EMGSimulator("myopathy", 8000.0, 2, seed=s).units
                        if u.kind == "motor_unit") for s in range(4) for c in range(2)]
-    assert min(per_channel) >= 12
+    assert min(per_channel) >= 7
 
 
 def test_als_has_fibrillations_positive_sharp_waves_and_fasciculations_others_do_not() -> None:
@@ -192,11 +194,17 @@ def test_firing_patterns_recruitment_and_spontaneous_activity() -> None:
         if u.kind == "fasciculation":
             assert len(isi) >= 3 and cv > 0.4
 
-    # myopathy: early recruitment of many units
-    sim = EMGSimulator("myopathy", 4000.0, seed=3, record_events=True)
-    sim.generate(5 * 4000)
-    active = len(_rates(sim, 5.0))
-    assert active >= 15
+    # myopathy: early recruitment. At its low effort every unit fires; a normal muscle at the same effort has
+    # recruited fewer than half of its units
+    def active_share(cls: str, effort: float | None) -> float:
+        sim = EMGSimulator(cls, 4000.0, seed=3, record_events=True, effort=effort)
+        sim.generate(5 * 4000)
+        mu = {i for i, u in enumerate(sim.units) if u.kind == "motor_unit"}
+        return len(mu & set(_rates(sim, 5.0))) / len(mu)
+
+    low = PROFILES["myopathy"].effort
+    assert active_share("myopathy", None) == 1.0
+    assert active_share("normal", low) < 0.5
 
 
 def test_class_signals_differ_as_a_physiologist_expects() -> None:
@@ -217,10 +225,20 @@ def test_class_signals_differ_as_a_physiologist_expects() -> None:
     centroid = {cls: _centroid(v, fs) for cls, v in x.items()}
     assert centroid["myopathy"] > 1.5 * centroid["als"]
     assert centroid["myopathy"] > 1.5 * centroid["normal"]
-    # dense interference pattern: myopathy crosses zero far more often than the sparse ALS pattern
-    quiet = {cls: EMGSimulator(cls, fs, seed=11, noise_uv=0.0).generate(int(fs * 5))[:, 0] for cls in SIM_CLASSES}
-    zc = {cls: np.count_nonzero(np.diff(np.sign(v)) != 0) for cls, v in quiet.items()}
-    assert zc["myopathy"] > 2 * zc["als"]
+    # (zero crossings of the noise-free signal no longer separate them: the fitted ALS units are polyphasic, 4-6
+    # phases at up to 20 Hz, and cross zero as often as the myopathic pattern; the centroid above carries the
+    # myopathic pattern's higher frequencies)
+
+
+def test_every_potential_is_compact() -> None:
+    """A kernel reaches at most three times the potential's duration (it is cut at 0.1% of its amplitude). A main
+    spike much narrower than the other phases (``main_width`` under about 0.2) leaves the balanced positive phases
+    below the 3% duration level, so the spike alone is stretched to the duration and the kernel runs for up to a
+    second of near-zero tail: slow to render and no MUAP. The fit's bounds keep ``main_width`` at 0.2 or more."""
+    for cls in SIM_CLASSES:
+        for seed in range(6):
+            for u in EMGSimulator(cls, 10000.0, n_channels=4, seed=seed).units:
+                assert len(u.kernel) / 10.0 <= 3.0 * max(u.duration_ms, 1.0), (cls, seed, u.kind, len(u.kernel))
 
 
 def test_class_profiles_carry_their_calibration() -> None:

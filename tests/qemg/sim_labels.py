@@ -1,5 +1,5 @@
 """Print how the shipped model labels each simulated class, seed by seed: ``python tests/qemg/sim_labels.py [SEEDS]
-[SECONDS]`` (default 10 seeds, 0-9, of 60 s at 10 kHz).
+[SECONDS] [FIRST]`` (default 10 seeds from 0, of 60 s at 10 kHz).
 
 Per seed: the rolling label at 10 s (what the demo shows then, and what ``test_demo_labels.py`` checks) with its
 probability, and the share of the windows after 10 s whose rolling label is the class's own (does it hold?). The
@@ -34,7 +34,8 @@ def label_run(cls: str, seed: int, seconds: float, bundle: object, model: object
 
 
 def main() -> None:
-    seeds = range(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    first = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    seeds = range(first, first + (int(sys.argv[1]) if len(sys.argv) > 1 else 10))
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
     bundle = load_bundle(None)
     model = bundle.build("cpu")

@@ -19,33 +19,24 @@ def _recovery(cls: str, seeds: range, effort: float | None = None) -> tuple[int,
     return len(rs), sum(r.amp_ok and r.dur_ok for r in rs), sum(r.rate_ok for r in with_rate), len(with_rate)
 
 
-def test_ground_truth_recovery_als_meets_the_target() -> None:
-    """Measured (docs/qemg.md, seeds 0-4, 10 s each): 9 of 10 ALS units that fire >= 5 times have amplitude within
-    10% and duration within 2 ms (the target is 80%); 10 of 10 have the firing rate within 1 Hz of the true rate
-    while they fire."""
-    n, ok, rate_ok, with_rate = _recovery("als", range(5))
-    assert n >= 8 and ok / n >= 0.8, (ok, n)
-    assert rate_ok / with_rate >= 0.9, (rate_ok, with_rate)
-
-
-def test_ground_truth_recovery_normal_and_myopathy_below_the_target() -> None:
-    """Measured: normal 15 of 35 units within both bounds (43%), myopathy 38 of 86 (44%): the 80% target is NOT
-    reached (a quarter of the units in view sit below the detection threshold, similar units are not separated;
-    docs/qemg.md). 15 of 21 normal and 45 of 51 myopathic units found with a rate have it within 1 Hz. Bounds sit
-    just under the measured figures so a regression fails."""
-    n, ok, rate_ok, with_rate = _recovery("normal", range(5))
-    assert n >= 30 and ok / n >= 0.40, (ok, n)
-    assert rate_ok / with_rate >= 0.65, (rate_ok, with_rate)
-    n, ok, rate_ok, with_rate = _recovery("myopathy", range(5))
-    assert n >= 60 and ok / n >= 0.41, (ok, n)
-    assert rate_ok / with_rate >= 0.85, (rate_ok, with_rate)
+def test_ground_truth_recovery_is_measured_and_below_the_target() -> None:
+    """Measured (docs/qemg.md, seeds 0-4, 10 s each, the calibrated profiles): of the units that fire >= 5 times,
+    amplitude within 10% and duration within 2 ms for normal 15 of 35 (43%), ALS 8 of 14 (57%), myopathy 19 of 46
+    (41%): the 80% target is NOT reached in any class (units below the detection threshold, overlapping units, and
+    polyphasic ALS potentials measured too short or too long). Of the units found with a rate, normal 15 of 21,
+    ALS 7 of 13 and myopathy 13 of 23 have it within 1 Hz. Bounds sit just under the measured figures so a
+    regression fails."""
+    for cls, n_min, ok_min, rate_min in (("normal", 30, 0.40, 0.65), ("als", 12, 0.50, 0.50),
+                                         ("myopathy", 40, 0.38, 0.50)):
+        n, ok, rate_ok, with_rate = _recovery(cls, range(5))
+        assert n >= n_min and ok / n >= ok_min, (cls, ok, n)
+        assert rate_ok / with_rate >= rate_min, (cls, rate_ok, with_rate)
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
-    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 3.8 / 3.5 / 1.9%
-    and the median duration error 1.3 / 0.45 / 0.2 ms (normal / ALS / myopathy); the median rate error 0.64 /
-    0.39 / 0.21 Hz."""
-    for cls, amp_bound, dur_bound in (("normal", 0.05, 1.8), ("als", 0.05, 1.0), ("myopathy", 0.03, 0.6)):
+    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 3.8 / 2.0 / 2.8%
+    and the median duration error 1.3 / 0.95 / 0.6 ms (normal / ALS / myopathy)."""
+    for cls, amp_bound, dur_bound in (("normal", 0.05, 1.8), ("als", 0.04, 1.3), ("myopathy", 0.04, 0.9)):
         rs = [r for s in range(5) for r in score(cls, s) if r.found]
         assert len(rs) >= 8
         amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
