@@ -31,6 +31,7 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,7 +314,7 @@ def prepare(
                 return PreparedRecording(
                     ref, z["x"], z["stream_ends"], [str(q) for q in z["stream_quality"]], z["train_starts"]
                 )
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             cache_file.unlink(missing_ok=True)
 
     rec = ref.load(trim=True)
@@ -352,7 +353,7 @@ def prepare(
     prepared = PreparedRecording(ref, x, ends, stream_q, np.array(ok, dtype=np.int64))
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # own name: processes preparing at once do not mix
         np.savez(tmp, x=x, stream_ends=ends, stream_quality=np.array(stream_q), train_starts=prepared.train_starts)
         os.replace(tmp, cache_file)
     except OSError:
