@@ -385,7 +385,11 @@ async def run_bench(
             async def keeps_up_off(n: int) -> bool:
                 return (await realtime(n, engine_settings, tag=" no QEMG", settings=off)).keeps_up
 
-            cap_off, tried_off = await search_capacity(keeps_up_off, {}, s.capacity_limit, s.capacity_step)
+            # start where the search with QEMG on ended (a first run there), not from one stream: doubling up from 1
+            # spends minutes below any plausible capacity, and one noisy miss on the way ended a search at 8 streams
+            start = {cap: await keeps_up_off(cap)} if cap else {}
+            cap_off, tried_off = await search_capacity(keeps_up_off, start, s.capacity_limit, s.capacity_step)
+            tried_off = [*start, *tried_off]
             at_cap = runs.get(str(cap), {})
             report["qemg_cost"] = {
                 "capacity_streams_qemg_off": cap_off,
