@@ -462,6 +462,20 @@ class StreamState:
         )
 
 
+
+def signal_windows(
+    raw: np.ndarray, fs: float, bundle: ModelBundle, settings: PipelineSettings | None = None, name: str = "signal"
+) -> list[Window]:
+    """The windows one stream would cut from a whole signal ``raw`` (n, C) µV at ``fs``: the signal goes through a
+    fresh :class:`StreamState` as one chunk (same filters, resampler, hop and quality gate as a live stream);
+    oldest first. For offline work that must see exactly what a stream sees (training, the simulator's fit)."""
+    data = np.ascontiguousarray(np.asarray(raw, dtype=np.float32).reshape(len(raw), -1))
+    channels = tuple(f"ch{i + 1}" for i in range(data.shape[1]))
+    info = StreamInfo(stream_id=name, name=name, fs=float(fs), channels=channels)
+    state = StreamState(info, None, bundle, settings or PipelineSettings(), clock=lambda: 0.0)
+    return state.ingest(Chunk(name, data, np.arange(data.shape[0]) / fs), 0.0)
+
+
 class Pipeline:
     """Wires sources, stream states, the inference engine and sinks; see the module docstring.
 

@@ -374,16 +374,12 @@ def _stream_windows(
     evaluation provably see what a stream sees.
     """
     from ..model import untrained_bundle
-    from ..pipeline import PipelineSettings, StreamState
-    from ..types import Chunk, StreamInfo
+    from ..pipeline import PipelineSettings, signal_windows
 
     key = json.dumps(config.to_dict(), sort_keys=True)
     if key not in _BUNDLES:
         _BUNDLES[key] = untrained_bundle(config)
-    info = StreamInfo(stream_id="prepare", name=ref.record, fs=fs_in, channels=("EMG",))
-    state = StreamState(info, None, _BUNDLES[key], PipelineSettings(quality=quality), clock=lambda: 0.0)
-    chunk = Chunk("prepare", np.ascontiguousarray(raw, dtype=np.float32), np.arange(raw.shape[0]) / fs_in)
-    windows = state.ingest(chunk, 0.0)
+    windows = signal_windows(raw, fs_in, _BUNDLES[key], PipelineSettings(quality=quality), name="prepare")
     T, hop = int(config.window_samples), int(config.hop_samples)
     ends = np.array([T + w.index * hop for w in windows], dtype=np.int64)
     for w, e in zip(windows[:: max(1, len(windows) // 4)], ends[:: max(1, len(windows) // 4)], strict=True):

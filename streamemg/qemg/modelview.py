@@ -41,13 +41,10 @@ def stream_windows(x: np.ndarray, fs: float, bundle: Any) -> np.ndarray:
 def all_stream_windows(x: np.ndarray, fs: float, bundle: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every stream window of ``x``: ``(W, T)`` float32 samples, ``(W,)`` bool passes the quality gate, ``(W,)``
     stream time (s) of each window's newest sample."""
-    from ..pipeline import PipelineSettings, StreamState
-    from ..types import Chunk, StreamInfo
+    from ..pipeline import signal_windows
 
     raw = np.asarray(x, dtype=np.float32).reshape(len(x), -1)[:, :1]
-    info = StreamInfo(stream_id="view", name="view", fs=float(fs), channels=("EMG",))
-    state = StreamState(info, None, bundle, PipelineSettings(), clock=lambda: 0.0)
-    windows = state.ingest(Chunk("view", np.ascontiguousarray(raw), np.arange(raw.shape[0]) / fs), 0.0)
+    windows = signal_windows(raw, fs, bundle, name="view")
     T = int(bundle.config.window_samples)
     data = np.stack([w.data[0] for w in windows]).astype(np.float32) if windows else np.zeros((0, T), np.float32)
     valid = np.array([w.quality[0] == "ok" for w in windows], dtype=bool)
