@@ -215,6 +215,13 @@ class TemplateSet:
             label[i] = j
         else:
             left = left[:0]
+        if left.size and new_slots:
+            # the seed budget ran out: what is left may still be discharges of the units just seeded (a block
+            # with no templates yet, e.g. the first, holds a few of each), so it meets them once more, all at once
+            sub, sub_t, sub_lab = segments[left], times[left], np.full(left.size, -1, dtype=np.int64)
+            self._match_rows(sub, sub_t, sub_lab, allow_noise)
+            segments[left], times[left], label[left] = sub, sub_t, sub_lab
+            left = left[sub_lab < 0]
         self.dropped += int(left.size)
         valid = label >= 0
         if self.pair_shift:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -9,39 +10,55 @@ import numpy as np
 from simulators.synth import EMGSimulator
 from streamemg.qemg import QemgAnalyser, QemgSettings
 
-from .groundtruth import score
+from .groundtruth import UnitScore, score, twins
 
 
-def _recovery(cls: str, seeds: range, effort: float | None = None) -> tuple[int, int, int, int]:
-    rs = [r for s in seeds for r in score(cls, s, effort=effort)]
-    found = [r for r in rs if r.found]
-    with_rate = [r for r in found if np.isfinite(r.found_rate)]
-    return len(rs), sum(r.amp_ok and r.dur_ok for r in rs), sum(r.rate_ok for r in with_rate), len(with_rate)
+@functools.cache
+def _scores(cls: str) -> tuple[UnitScore, ...]:
+    return tuple(r for s in range(20) for r in score(cls, s))
 
 
 def test_ground_truth_recovery_is_measured_and_below_the_target() -> None:
-    """Measured (docs/qemg.md, seeds 0-4, 10 s each, the calibrated profiles): of the units that fire >= 5 times,
-    amplitude within 10% and duration within 2 ms for normal 15 of 35 (43%), ALS 8 of 14 (57%), myopathy 19 of 46
-    (41%): the 80% target is NOT reached in any class (units below the detection threshold, overlapping units, and
-    polyphasic ALS potentials measured too short or too long). Of the units found with a rate, normal 15 of 21,
-    ALS 7 of 13 and myopathy 13 of 23 have it within 1 Hz. Bounds sit just under the measured figures so a
-    regression fails."""
-    for cls, n_min, ok_min, rate_min in (("normal", 30, 0.40, 0.65), ("als", 12, 0.50, 0.50),
-                                         ("myopathy", 40, 0.38, 0.50)):
-        n, ok, rate_ok, with_rate = _recovery(cls, range(5))
-        assert n >= n_min and ok / n >= ok_min, (cls, ok, n)
-        assert rate_ok / with_rate >= rate_min, (cls, rate_ok, with_rate)
+    """Measured (docs/qemg.md, seeds 0-19, 10 s each, the calibrated profiles, class default effort): of the units
+    that fire >= 5 times, amplitude within 10% and duration within 2 ms for normal 39 of 143 (27%), ALS 31 of 54
+    (57%), myopathy 81 of 182 (45%); of the clearly present units without a twin, 31 of 65 (48%), 31 of 54 (57%) and
+    66 of 84 (79%). The 80% target is NOT reached in any class (units below the detection threshold, units of one
+    shape over the matching window, the low late phases of the ALS potentials). Of the units found with a rate,
+    83 / 85 / 83% have it within 1 Hz. Bounds sit a few points under the measured figures so a regression fails."""
+    for cls, ok_min, single_min, rate_min in (("normal", 0.22, 0.40, 0.75), ("als", 0.50, 0.50, 0.75),
+                                              ("myopathy", 0.40, 0.70, 0.75)):
+        rs = _scores(cls)
+        assert len(rs) >= 50, (cls, len(rs))
+        ok = sum(r.amp_ok and r.dur_ok for r in rs)
+        assert ok / len(rs) >= ok_min, (cls, ok, len(rs))
+        single = [r for r in rs if r.clear and not r.twin]
+        ok_single = sum(r.amp_ok and r.dur_ok for r in single)
+        assert ok_single / len(single) >= single_min, (cls, ok_single, len(single))
+        with_rate = [r for r in rs if r.found and np.isfinite(r.found_rate)]
+        rate_ok = sum(r.rate_ok for r in with_rate)
+        assert rate_ok / len(with_rate) >= rate_min, (cls, rate_ok, len(with_rate))
 
 
 def test_found_units_are_measured_close_to_the_truth() -> None:
-    """Of the units the analyser credits to a true unit (seeds 0-4), the median amplitude error is 3.8 / 2.0 / 2.8%
-    and the median duration error 1.3 / 0.95 / 0.6 ms (normal / ALS / myopathy)."""
-    for cls, amp_bound, dur_bound in (("normal", 0.05, 1.8), ("als", 0.04, 1.3), ("myopathy", 0.04, 0.9)):
-        rs = [r for s in range(5) for r in score(cls, s) if r.found]
-        assert len(rs) >= 8
+    """Of the units the analyser credits to a true unit (seeds 0-19), the median amplitude error is 3.0 / 2.1 / 1.3%
+    and the median duration error 1.0 / 0.9 / 0.4 ms (normal / ALS / myopathy)."""
+    for cls, amp_bound, dur_bound in (("normal", 0.045, 1.4), ("als", 0.035, 1.3), ("myopathy", 0.025, 0.7)):
+        rs = [r for r in _scores(cls) if r.found]
+        assert len(rs) >= 30
         amp = np.median([abs(r.found_amp / r.true_amp - 1) for r in rs])
         dur = np.median([abs(r.found_dur - r.true_dur) for r in rs])
         assert amp < amp_bound and dur < dur_bound, (cls, amp, dur)
+
+
+def test_twins_are_told_by_the_match_rule() -> None:
+    """The twin rule of the ground-truth table: a shape and a copy scaled by 1.1 are one template to the matcher
+    (squared distance 1% of the energy, under the 5% tolerance); scaled by 1.6 (36%) they are two; the noise
+    allowance makes small shapes twins sooner."""
+    t = np.linspace(-3, 3, 31)
+    a = -np.exp(-t * t) + 0.3 * np.exp(-(t - 1.5) ** 2)
+    assert twins([a, 1.1 * a, 1.6 * a], 0.05, 0.0) == [True, True, False]
+    assert twins([0.1 * a, 0.16 * a], 0.05, 0.0) == [False, False]
+    assert twins([0.1 * a, 0.16 * a], 0.05, 1.0) == [True, True]
 
 
 def test_uneven_blocks_give_the_same_units_as_hops() -> None:
