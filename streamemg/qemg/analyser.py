@@ -51,6 +51,9 @@ class QemgSettings:
         pre_ms, post_ms: segment span before / after the aligning peak, ms.
         dead_ms: smallest spacing of two candidates on one channel, ms.
         match_ms: half-width of the matching window around the peak, ms.
+        choose_ms: when a candidate passes the match with several templates, it goes to the one nearest over this
+            half-width around the peak (ms): units whose main spikes look alike over ``match_ms`` differ in their
+            slower phases. 0: the nearest over the matching window.
         k_detect: detection threshold in multiples of the baseline noise; min_uv: its floor, µV.
         tol: relative shape tolerance of a template match; k_noise: noise allowance of a match.
         max_templates: template slots per channel.
@@ -85,6 +88,7 @@ class QemgSettings:
     post_ms: float = 25.0
     dead_ms: float = 3.0
     match_ms: float = 1.5
+    choose_ms: float = 4.0
     k_detect: float = 5.0
     min_uv: float = 10.0
     tol: float = 0.05
@@ -111,7 +115,7 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a positive number")
-        for name in ("min_uv", "k_noise", "min_snr", "pair_ms"):
+        for name in ("min_uv", "k_noise", "min_snr", "pair_ms", "choose_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a number >= 0")
@@ -253,7 +257,8 @@ class QemgAnalyser:
         self.sets = [
             TemplateSet(pre + post, match_idx, max_templates=s.max_templates, ring=ring, n_cap=64, tol=s.tol,
                         k_noise=s.k_noise, max_shift=self.detector.dead, pre=pre,
-                        pair_shift=round(s.pair_ms * self.fs / 1000.0), shift_step=step, min_gap=round(0.015 * self.fs))
+                        pair_shift=round(s.pair_ms * self.fs / 1000.0), shift_step=step, min_gap=round(0.015 * self.fs),
+                        choose=round(s.choose_ms * self.fs / 1000.0))
             for _ in range(self.n_channels)
         ]
         self.horizon = max(1, round(s.horizon_s * self.fs))

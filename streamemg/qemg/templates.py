@@ -5,9 +5,10 @@ Each template holds the running mean of the aligned segments assigned to it (an 
 and effort move) and a ring of its most recent discharge times. A candidate joins the nearest template when
 the squared distance over the matching window (``match_ms`` either side of the aligning peak) is below
 ``tol * |template|^2 + k_noise * m * noise^2``: a relative shape tolerance plus what the baseline noise alone
-explains. Candidates that match nothing start a new template; when all ``max_templates`` slots are taken the
-template with the fewest discharges within the horizon gives its slot up. Templates not seen for a whole
-horizon are dropped.
+explains. Of several templates a candidate matches, it joins the one nearest over a wider choosing window (the
+slower phases tell apart units whose main spikes look alike). Candidates that match nothing start a new
+template; when all ``max_templates`` slots are taken the template with the fewest discharges within the horizon
+gives its slot up. Templates not seen for a whole horizon are dropped.
 
 All candidates of a block are compared with all templates in one matrix product; only the candidates that
 match no existing template are handled one by one (a few per block once the units are known).
@@ -39,6 +40,8 @@ class TemplateSet:
         max_shift: a candidate that matches no template as aligned is tried again shifted by up to this many
             samples (re-aligned on another peak of the same potential).
         pre: index of the aligning peak in a segment; max_new: most new templates seeded per block.
+        choose: when several templates pass the match, the candidate goes to the one nearest over this many samples
+            either side of the aligning peak (0: the nearest over the matching window).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class TemplateSet:
         pair_shift: int = 0,
         shift_step: int = 1,
         min_gap: int = 0,
+        choose: int = 0,
     ) -> None:
         k = int(max_templates)
         self.k = k
@@ -86,6 +90,13 @@ class TemplateSet:
         self.seg_len = seg_len
         self.lock = np.zeros((k, k), dtype=bool)  # template pairs found time-locked (one potential, two peaks)
         self.min_gap = int(min_gap)  # a unit's discharges closer than this are one discharge detected twice
+        # the choosing window: ``choose`` samples either side of the aligning peak (None: the nearest template over
+        # the matching window takes the candidate)
+        self.choose_idx: I64 | None = None
+        if choose > 0 and pre is not None:
+            step = max(1, int(shift_step))
+            self.choose_idx = np.arange(max(0, pre - int(choose)), min(seg_len, pre + int(choose) + 1), step,
+                                        dtype=np.int64)
         self.max_pairs = 16  # candidates tried as a pair per block, at most (the largest)
         self.pair_shift = 0
         self.resolved = 0  # candidates explained as the sum of two templates
@@ -112,8 +123,18 @@ class TemplateSet:
         s = segments[:, self.match_idx]  # (E, m)
         d = (s * s).sum(axis=1)[:, None] - 2.0 * _products(s, self.match) + self.norm2[None, :]
         d[:, ~self.active] = np.inf
-        best = np.argmin(d, axis=1)
-        ok = d[np.arange(e), best] < self.tol * self.norm2[best] + allow_noise
+        if self.choose_idx is None:
+            best = np.argmin(d, axis=1)
+            ok = d[np.arange(e), best] < self.tol * self.norm2[best] + allow_noise
+        else:
+            # of the templates that pass over the matching window, the one nearest over the wider choosing window:
+            # units whose main spikes look alike differ in their slower phases
+            passing = d < self.tol * self.norm2[None, :] + allow_noise
+            sw = segments[:, self.choose_idx]
+            tw = self.wave[:, self.choose_idx]
+            dw = -2.0 * _products(sw, tw) + (tw * tw).sum(axis=1)[None, :]  # + |sw|^2, the same for every template
+            best = np.argmin(np.where(passing, dw, np.inf), axis=1)
+            ok = passing[np.arange(e), best]
         label[ok] = best[ok]
         # the rest shifted by up to max_shift (the same unit aligned on another of its peaks: |x| peaks of similar
         # size swap between discharges), again all at once

@@ -15,8 +15,9 @@ it.
 
 A unit has a *twin* (:attr:`UnitScore.twin`) when another unit in view has, over the analyser's own matching window
 (``match_ms`` either side of the main peak, both aligned there), a shape that the analyser's own match rule would
-accept for it: the two are one template to any matcher that works on that window, and they come out as one unit
-holding both trains (so neither reaches the 60% precision that credits it). The figure without the twins says how
+accept for it: the two are one template to a matcher that works on that window alone, and they tend to come out
+as one unit holding both trains (so neither reaches the 60% precision that credits it); the analyser's wider
+choosing window (``choose_ms``) separates some of them. The figure without the twins says how
 much of the shortfall is that, not a replacement either.
 """
 
@@ -154,7 +155,9 @@ def score(
 def twins(windows: list[np.ndarray], tol: float, allow: float) -> list[bool]:
     """For each unit's matching window, whether another unit's window passes the analyser's match rule against it
     (squared distance under ``tol`` times the larger energy plus the noise allowance ``allow``), either way."""
-    w = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+    if not windows:
+        return []
+    w = np.asarray(windows, dtype=np.float64)
     d = ((w[:, None, :] - w[None, :, :]) ** 2).sum(axis=2)
     e = (w * w).sum(axis=1)
     close = d < tol * np.maximum(e[:, None], e[None, :]) + allow
