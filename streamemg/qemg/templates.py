@@ -151,6 +151,14 @@ class TemplateSet:
             j = np.argmin(d2, axis=1)
             good = (d2[np.arange(rest.size), j] < self.tol * self.norm2[j] + allow_noise) & (alt != 0)
             if good.any():
+                # the template must also explain the peak the candidate was detected on: a large potential of an
+                # unknown unit, re-aligned on a small phase of its own, can match a small template there
+                g = np.flatnonzero(good)
+                orig = segments[rest[g][:, None], self.match_idx[None, :]]  # (G, m) around the detected peak
+                tpl = self.wave[j[g][:, None], self.match_idx[None, :] - alt[g][:, None]]
+                d0 = ((orig - tpl) ** 2).sum(axis=1)
+                good[g] = d0 < self.tol * (tpl * tpl).sum(axis=1) + allow_noise
+            if good.any():
                 rows, delta = rest[good], alt[good]
                 segments[rows] = _shifted_rows(segments[rows], delta)
                 times[rows] += delta
