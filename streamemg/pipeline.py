@@ -52,7 +52,7 @@ from .estimates import (
 )
 from .model import ModelBundle
 from .qemg.analyser import QemgAnalyser, QemgSettings
-from .qemg.service import RemoteQemg
+from .qemg.service import RemoteQemg, YieldGate, set_yielding
 from .qemg.service import supported as qemg_service_supported
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
@@ -515,6 +515,9 @@ class Pipeline:
         self.runners = [SinkRunner(s, self.settings.sink) for s in sinks]
         self._chunk_runners = [r for r in self.runners if r.wants_chunks]  # sinks that also take raw chunks
         self.on_estimate = on_estimate
+        q = self.settings.qemg
+        # live streams' QEMG gives way while the event loop is busy (QemgSettings.yield_load)
+        self.qemg_gate = YieldGate(q.yield_load) if q.enabled and q.background and q.yield_load < 1.0 else None
         self.site_table, self._site_of = _site_table(self.sources, sites)
         self.streams: dict[str, StreamState] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=8)
@@ -553,6 +556,8 @@ class Pipeline:
                 self._error(f"output {r.name} could not be opened: {exc}")
         self.runners = runners
         self._chunk_runners = [r for r in runners if r.wants_chunks]
+        if self.qemg_gate is not None:
+            set_yielding(self.qemg_gate.on)  # live streams' QEMG starts once the loop has shown it has room
         try:
             async with engine, asyncio.TaskGroup() as tg:
                 sink_tasks = [tg.create_task(r.run(), name=f"sink:{r.name}") for r in runners]
@@ -576,6 +581,8 @@ class Pipeline:
                     async with asyncio.timeout(self.settings.drain_timeout_s):
                         await self._settle_qemg()
         finally:
+            if self.qemg_gate is not None:
+                set_yielding(False)
             for st in self.streams.values():  # free the streams' state in the QEMG process
                 if isinstance(st.qemg, RemoteQemg):
                     st.qemg.close()
@@ -834,6 +841,8 @@ class Pipeline:
         period = min(0.25, self.settings.stale_after_s / 2)
         while True:
             await asyncio.sleep(period)
+            if self.qemg_gate is not None:
+                set_yielding(self.qemg_gate.tick())
             now = self.clock()
             for state in self.streams.values():
                 if state.status is StreamStatus.LIVE and now - state.last_data_at > self.settings.stale_after_s:

@@ -76,6 +76,11 @@ class QemgSettings:
         sched_idle: run the QEMG process under Linux's ``SCHED_IDLE`` policy (only on CPU nothing else wants,
             preempted at once when a pipeline thread wakes up); where it is not available, ``nice`` alone.
         processes: QEMG processes for live streams; 0 (default): one per core beyond two (at least one).
+        yield_load: live streams' QEMG gives way to classification while the pipeline's event loop is busier than
+            this share of its core (smoothed over about a second; and from the start until it shows room): new
+            blocks are dropped and the QEMG processes skip what they hold, until the share is 0.1 under it again;
+            the share analysed says how much was. A busy QEMG process slows the pipeline's threads even at the
+            lowest CPU priority. 1: never.
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
             by 10% (its running mean barely moves otherwise).
@@ -105,6 +110,7 @@ class QemgSettings:
     nice: int = 10
     sched_idle: bool = True
     processes: int = 0
+    yield_load: float = 0.6
 
     def __post_init__(self) -> None:
         positive = (
@@ -124,6 +130,9 @@ class QemgSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"QemgSettings.{name}={v!r}: give a whole number from {lo} to {hi}")
+        v = self.yield_load
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.2 < v <= 1.0):
+            raise ConfigError(f"QemgSettings.yield_load={v!r}: give a share of a core above 0.2 and up to 1 (never)")
         if self.notch_hz is not None and self.notch_hz not in (50.0, 60.0):
             raise ConfigError(f"QemgSettings.notch_hz={self.notch_hz!r}: use 50 or 60 (the local mains), or None")
         if self.match_ms >= min(self.pre_ms, self.post_ms):

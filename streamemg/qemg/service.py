@@ -21,9 +21,10 @@ signal.
 
 Messages are pickled tuples over two pipes (``multiprocessing.connection.Connection``): to the child
 ``("open", id, fs, channels, settings, phase)``, ``("block", id, samples)``, ``("want", id, on)``, ``("fresh", id)``,
-``("close", id)``; from it ``("ack", id, samples_seen, summary | None, summary_dict | None)`` per block (the dict
-when a new measurement was taken, the summary with units and templates too while the stream is wanted: it is the
-bulk of the traffic and only the stream view needs it), ``("full", id, summary, summary_dict)`` on ``want``,
+``("close", id)``; from it ``("ack", id, samples_seen, summary | None, summary_dict | None, skipped)`` per block
+(the dict when a new measurement was taken, the summary with units and templates too while the stream is wanted:
+it is the bulk of the traffic and only the stream view needs it; ``skipped`` when it was not analysed because the
+pipeline was behind, see :func:`set_yielding`), ``("full", id, summary, summary_dict)`` on ``want``,
 ``("fresh", id, samples_seen, summary, summary_dict)`` and ``("error", text)``. One
 thread sends (a full pipe never blocks the event loop: the queue in front of it is bounded), one receives. If the
 child dies, the streams keep being classified; their QEMG stops, and the error is logged once.
@@ -32,12 +33,15 @@ child dies, the streams keep being classified; their QEMG stops, and the error i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
+import mmap
 import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -76,10 +80,18 @@ class QemgService:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OPENBLAS_NUM_THREADS", "1")  # the analysis does not use BLAS; its idle threads spin
         env.setdefault("OMP_NUM_THREADS", "1")
+        # one shared byte: 1 while the pipeline is behind (set_yielding); the child reads it before every block
+        self._pause_file = tempfile.TemporaryFile()
+        self._pause_file.write(b"\0")
+        self._pause_file.flush()
+        self.paused = mmap.mmap(self._pause_file.fileno(), 1)
+        self.paused[0] = int(_YIELDING)
+        pause_fd = self._pause_file.fileno()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(work_r), str(res_w), str(int(nice)), "idle" if idle else "normal"],
-            pass_fds=(work_r, res_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env,
+            [sys.executable, "-c", _CHILD, str(work_r), str(res_w), str(int(nice)), "idle" if idle else "normal",
+             str(pause_fd)],
+            pass_fds=(work_r, res_w, pause_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env,
         )
         os.close(work_r)
         os.close(res_w)
@@ -167,10 +179,10 @@ class QemgService:
                 return
             kind = msg[0]
             if kind == "ack":
-                _, cid, seen, summ, d = msg
+                _, cid, seen, summ, d, skipped = msg
                 client = self._clients.get(cid)
                 if client is not None:
-                    client._acked(seen, summ, d)
+                    client._acked(seen, summ, d, skipped)
             elif kind == "full":
                 _, cid, summ, d = msg
                 client = self._clients.get(cid)
@@ -223,6 +235,8 @@ class QemgService:
             self.proc.wait()
         for conn in (self._out, self._in):
             conn.close()
+        self.paused.close()
+        self._pause_file.close()
 
 
 def supported() -> bool:
@@ -234,6 +248,59 @@ def supported() -> bool:
 _SERVICES: dict[int, QemgService] = {}
 _SERVICE_LOCK = threading.Lock()
 _NEXT_SLOT = itertools.count()
+_YIELDING = False  # set_yielding(): classification is behind, live streams' QEMG waits
+
+
+def set_yielding(on: bool) -> None:
+    """Make live streams' QEMG give way to classification (``on``) or take work again.
+
+    While yielding, :meth:`RemoteQemg.process` drops new blocks before they cost the pipeline anything (counted in
+    :attr:`RemoteQemg.dropped_blocks`), and the QEMG processes skip the blocks they were already sent (counted in
+    :attr:`RemoteQemg.skipped_blocks`; they read a byte shared with this process before each block): a busy QEMG
+    process slows the pipeline's threads even at the lowest CPU priority (docs/qemg.md, "Cost"). The pipeline
+    calls this from its watchdog (``QemgSettings.yield_load``)."""
+    global _YIELDING
+    on = bool(on)
+    if on == _YIELDING:
+        return
+    _YIELDING = on
+    for svc in list(_SERVICES.values()):
+        with contextlib.suppress(ValueError):  # a closed service
+            svc.paused[0] = int(on)
+
+
+class YieldGate:
+    """When live streams' QEMG gives way to classification, from how busy the pipeline's event loop is.
+
+    :meth:`tick`, called by the loop once per watchdog period, measures the loop thread's CPU time over the period
+    as a share of the wall time, smooths it (half the way each period) and says whether to yield: from the start
+    (until a period shows room) and whenever the share is above ``load``, until it is back under ``load - gap``
+    (hysteresis, so the analysis is not switched on and off every period). The event loop is what runs out first
+    as streams are added; a busy QEMG process slows it even at the lowest CPU priority."""
+
+    def __init__(self, load: float, gap: float = 0.1) -> None:
+        self.load = float(load)
+        self.gap = float(gap)
+        self.level: float | None = None
+        self.on = True
+        self._last: tuple[float, float] | None = None
+
+    def tick(self, wall: float | None = None, cpu: float | None = None) -> bool:
+        """Update from the loop thread's CPU time (``time.thread_time()``) and the wall clock
+        (``time.perf_counter()``), read now unless given; the new state."""
+        wall = time.perf_counter() if wall is None else wall
+        cpu = time.thread_time() if cpu is None else cpu
+        if self._last is not None and wall > self._last[0]:
+            share = (cpu - self._last[1]) / (wall - self._last[0])
+            self.level = share if self.level is None else 0.5 * self.level + 0.5 * share
+            self.on = self.level > (self.load - self.gap if self.on else self.load)
+        self._last = (wall, cpu)
+        return self.on
+
+
+def yielding() -> bool:
+    """Whether live streams' QEMG is giving way to classification now (:func:`set_yielding`)."""
+    return _YIELDING
 
 
 def default_processes() -> int:
@@ -273,7 +340,8 @@ class RemoteQemg:
         self.dropped_blocks = 0
         self.sent_blocks = 0
         self.samples_seen = 0
-        self._acks = 0  # blocks analysed (written by the receiver thread only; sent_blocks by the caller only)
+        self._acks = 0  # blocks answered (written by the receiver thread only; sent_blocks by the caller only)
+        self.skipped_blocks = 0  # of those, skipped by the QEMG process while the pipeline was behind
         self._lost = 0  # blocks in flight when a QEMG process died
         empty = QemgSummary((), float("nan"), (), self.n_channels, 0.0)
         self._full = empty  # the latest measurement with its units and templates (only while someone looks)
@@ -295,7 +363,7 @@ class RemoteQemg:
             self._service.put(("want", self._id, False))  # nobody looks at this stream's units any more
             self._wanted_at = None
         for block in blocks:
-            if self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put_block(self._id, block):
+            if _YIELDING or self.in_flight >= MAX_QUEUED_BLOCKS or not self._service.put_block(self._id, block):
                 self.dropped_blocks += 1  # the QEMG process is behind: a gap rather than an unbounded queue
                 continue
             self.sent_blocks += 1
@@ -309,8 +377,9 @@ class RemoteQemg:
             self._id = svc.open(self)
             self._wanted_at = None
 
-    def _acked(self, seen: int, summ: QemgSummary | None, d: dict[str, Any] | None) -> None:
+    def _acked(self, seen: int, summ: QemgSummary | None, d: dict[str, Any] | None, skipped: bool = False) -> None:
         self._acks += 1
+        self.skipped_blocks += int(skipped)
         self.samples_seen = seen
         if summ is not None:
             self._full = summ
@@ -325,7 +394,7 @@ class RemoteQemg:
     @property
     def analysed_blocks(self) -> int:
         """Blocks the QEMG process has analysed."""
-        return self._acks
+        return self._acks - self.skipped_blocks
 
     @property
     def in_flight(self) -> int:
@@ -373,7 +442,9 @@ class RemoteQemg:
 # ---------------------------------------------------------------------------------------------- the child
 
 
-def _serve(work: Connection, results: Connection) -> None:
+def _serve(work: Connection, results: Connection, paused: mmap.mmap | None = None) -> None:
+    """Answer the parent's messages until its end of the work pipe closes; ``paused``: the shared byte that is 1
+    while the pipeline is behind (blocks are then answered as skipped, not analysed)."""
     analysers: dict[int, QemgAnalyser] = {}
     wanted: set[int] = set()  # streams whose units and templates go back with every new measurement
     while True:
@@ -383,15 +454,17 @@ def _serve(work: Connection, results: Connection) -> None:
             return
         kind, cid = msg[0], msg[1]
         try:
-            if kind == "block":
+            if kind == "block" and paused is not None and paused[0]:  # the pipeline is behind: no analysis for now
+                results.send(("ack", cid, analysers[cid].samples_seen, None, None, True))
+            elif kind == "block":
                 an = analysers[cid]
                 before = an._latest
                 an.process(msg[2])
                 latest = an._latest
                 if latest is not None and latest is not before:
-                    results.send(("ack", cid, an.samples_seen, latest[0] if cid in wanted else None, latest[1]))
+                    results.send(("ack", cid, an.samples_seen, latest[0] if cid in wanted else None, latest[1], False))
                 else:
-                    results.send(("ack", cid, an.samples_seen, None, None))
+                    results.send(("ack", cid, an.samples_seen, None, None, False))
             elif kind == "open":
                 _, cid, fs, n_channels, settings, phase = msg
                 analysers[cid] = QemgAnalyser(fs, n_channels, settings, phase)
@@ -414,7 +487,7 @@ def _serve(work: Connection, results: Connection) -> None:
             results.send(("error", traceback.format_exc()))
             if kind == "block":
                 failed = analysers.get(cid)
-                results.send(("ack", cid, failed.samples_seen if failed is not None else 0, None, None))
+                results.send(("ack", cid, failed.samples_seen if failed is not None else 0, None, None, False))
 
 
 #: The child's program. Its CPU priority is lowered first, before it imports numpy and scipy (about a second of
@@ -438,11 +511,13 @@ raise SystemExit(main(sys.argv[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The QEMG process: ``WORK_FD RESULTS_FD NICE idle|normal`` (the pipe ends it inherited)."""
+    """The QEMG process: ``WORK_FD RESULTS_FD NICE idle|normal [PAUSE_FD]`` (the pipe ends and the shared pause
+    byte's file it inherited)."""
     args = sys.argv[1:] if argv is None else argv
     work = Connection(int(args[0]), writable=False)
     results = Connection(int(args[1]), readable=False)
-    _serve(work, results)
+    paused = mmap.mmap(int(args[4]), 1) if len(args) > 4 else None
+    _serve(work, results, paused)
     return 0
 
 

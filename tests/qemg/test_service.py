@@ -198,3 +198,48 @@ async def test_a_finished_run_lets_the_qemg_process_finish_then_frees_its_stream
     assert q.sent_blocks >= 4 and q.analysed_blocks == q.sent_blocks  # everything sent was analysed
     assert q._id not in q._service._clients  # and the stream's state was freed
     assert sink.estimates[-1].qemg is not None
+
+
+def test_the_yield_gate_follows_the_event_loops_load() -> None:
+    """Yielding from the start until a period shows room; above the load it yields, and resumes only 0.1 under it."""
+    gate = svc.YieldGate(0.6)
+    t, cpu = 0.0, 0.0
+    assert gate.tick(t, cpu) is True  # nothing measured yet: QEMG waits
+
+    def period(share: float) -> bool:
+        nonlocal t, cpu
+        t, cpu = t + 0.25, cpu + 0.25 * share
+        return gate.tick(t, cpu)
+
+    assert period(0.3) is False  # room: 0.15 smoothed
+    assert period(0.9) is False  # 0.525: not over 0.6 yet
+    assert period(0.9) is True  # 0.71
+    assert period(0.45) is True  # 0.58: under 0.6 but not under 0.5
+    assert period(0.3) is False  # 0.44
+    assert period(0.7) is False  # 0.57: under the load itself
+
+
+@pytest.mark.timeout(120)
+def test_yielding_drops_new_blocks_and_a_paused_process_skips_what_it_holds() -> None:
+    """set_yielding() stops the blocks at the pipeline's side; the QEMG process, which reads the shared pause byte
+    before each block, skips what it was sent while it is set (answered as skipped, not analysed) and analyses
+    again once it is cleared."""
+    x = EMGSimulator("normal", FS, seed=2).generate(round(8 * FS)).reshape(-1, 1)
+    remote = RemoteQemg(FS, 1)
+    try:
+        svc.set_yielding(True)
+        assert remote._service.paused[0] == 1
+        remote.process(x[: round(4 * FS)])
+        assert remote.sent_blocks == 0 and remote.dropped_blocks >= 1  # nothing left this process
+    finally:
+        svc.set_yielding(False)
+    assert remote._service.paused[0] == 0
+    remote._service.paused[0] = 1  # the process alone paused: what reaches it is skipped
+    remote.process(x[round(4 * FS) : round(6 * FS)])
+    assert remote.sent_blocks >= 1 and remote.wait_idle(30.0)
+    assert remote.skipped_blocks == remote.sent_blocks and remote.analysed_blocks == 0
+    remote._service.paused[0] = 0
+    remote.process(x[round(6 * FS) :])
+    assert remote.wait_idle(30.0)
+    assert remote.analysed_blocks >= 1 and remote.skipped_blocks < remote.sent_blocks
+    remote.close()
