@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import cProfile
 import functools
-import time
+import pstats
 
 import numpy as np
 
@@ -111,14 +112,21 @@ def test_nan_and_flat_input_do_not_break_it() -> None:
     assert d["units"] == 0 and d["amplitude_uv"] is None
 
 
-def test_cost_per_second_of_signal_is_small() -> None:
-    """One channel at 10 kHz: well under 1% of real time (a few ms per second of signal on this machine)."""
-    fs = 10000.0
-    x = EMGSimulator("normal", fs, seed=0).generate(100000)
+def test_no_python_runs_per_sample() -> None:
+    """The analysis makes Python calls per block, per candidate batch and per unit, never per sample: 10 s of one
+    20 kHz channel (200 000 samples) take about 20 000 Python-level calls in all (20 042 when this was written), counted
+    by the profiler (a count, not a time: the cost itself is measured by ``tests/qemg/cost_analyser.py`` and
+    ``streamemg bench``). A loop over samples would make at least 200 000."""
+    fs = 20000.0
+    x = EMGSimulator("normal", fs, seed=0).generate(round(10 * fs))
     an = QemgAnalyser(fs, 1)
-    t0 = time.perf_counter()
-    for i in range(0, x.shape[0], 2500):
-        an.process(x[i : i + 2500])
+    hop = round(0.25 * fs)
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(0, x.shape[0], hop):
+        an.process(x[i : i + hop])
         an.summary_dict()
-    per_s = (time.perf_counter() - t0) / 10.0
-    assert per_s < 0.05, per_s  # loose: the machine is shared; per-sample Python would cost 100x more
+    prof.disable()
+    calls = pstats.Stats(prof).total_calls
+    assert an.summary(fresh=True).units  # it did analyse
+    assert calls < x.shape[0] / 4, calls
