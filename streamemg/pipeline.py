@@ -54,6 +54,7 @@ from .model import ModelBundle
 from .qemg.analyser import QemgAnalyser, QemgSettings
 from .qemg.service import RemoteQemg, YieldGate, set_yielding
 from .qemg.service import supported as qemg_service_supported
+from .qemg.service import yielding as qemg_yielding
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
@@ -639,6 +640,7 @@ class Pipeline:
             sink_drops={r.name: r.dropped for r in self.runners},
             errors=tuple(self.errors),
             connecting=tuple(sorted(self.connecting.items())),
+            qemg_yielding=self.qemg_gate is not None and self.qemg_gate.on and qemg_yielding(),
         )
 
     def stream_detail(self, stream_id: str) -> StreamDetail | None:

@@ -68,6 +68,7 @@ class PipelineSnapshot:
     sink_drops: dict[str, int] = field(default_factory=dict)
     errors: tuple[str, ...] = ()  # recent error messages for the footer, newest last
     connecting: tuple[tuple[str, str], ...] = ()  # (stream id, detail): found by a source, not opened yet
+    qemg_yielding: bool = False  # live streams' QEMG is giving way to classification (QemgSettings.yield_load)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

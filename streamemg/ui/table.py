@@ -444,6 +444,8 @@ class DashboardRenderer:
             (f"{dropped_samples:,}", S_WARN if dropped_samples else S_NONE),
             (" samples", S_DIM),
             *([(" · ", S_DIM), (f"{rejected:,}", S_WARN), (" chunks rejected", S_DIM)] if rejected else []),
+            *([sep, ("QEMG paused", S_WARN), (" while classification is busy", S_DIM)] if snapshot.qemg_yielding
+              else []),
             no_wrap=True,
             overflow="ellipsis",
         )

@@ -18,8 +18,9 @@ def _stream(name: str, qemg: dict[str, Any] | None) -> StreamSnapshot:
     return StreamSnapshot(f"id:{name}", name, "sim:als", 10000.0, 1, StreamStatus.LIVE, last=est, windows=4)
 
 
-def _text(streams: tuple[StreamSnapshot, ...], width: int) -> str:
-    snap = PipelineSnapshot(device="cpu", model_name="m", trained=True, uptime_s=5.0, streams=streams)
+def _text(streams: tuple[StreamSnapshot, ...], width: int, yielding: bool = False) -> str:
+    snap = PipelineSnapshot(device="cpu", model_name="m", trained=True, uptime_s=5.0, streams=streams,
+                            qemg_yielding=yielding)
     console = Console(record=True, width=width, height=20, file=io.StringIO())
     console.print(render(snap, width=width, height=20))
     return console.export_text()
@@ -42,3 +43,11 @@ def test_qemg_column_shows_units_amplitude_duration_and_flags() -> None:
 def test_qemg_column_is_the_first_to_go_on_narrow_terminals() -> None:
     q = {"units": 7, "amplitude_uv": 420.0, "duration_ms": 6.7, "flags": {}}
     assert "QEMG" not in _text((_stream("p1", q),), 150)
+
+
+def test_the_header_says_when_qemg_gives_way_to_classification() -> None:
+    """While live streams' QEMG yields (the event loop is busy), its measures are not being renewed: said once, in
+    the header, not per row."""
+    q = {"units": 7, "amplitude_uv": 420.0, "duration_ms": 6.7, "flags": {}}
+    assert "QEMG paused while classification is busy" in _text((_stream("p1", q),), 200, yielding=True)
+    assert "QEMG paused" not in _text((_stream("p1", q),), 200)
