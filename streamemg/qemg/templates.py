@@ -228,7 +228,10 @@ class TemplateSet:
                     self.wave[j] += (segments[i] - self.wave[j]) / loop_n[j]
                     self._refresh(j)
                     continue
-            j = slots.pop(0) if slots else 0  # (all slots protected: slot 0, as argmin over all-inf gave)
+            if not slots:  # every slot holds a unit matched in this block: none is given up for a new shape
+                left = left[n_done:]
+                break
+            j = slots.pop(0)
             protected[j] = True
             self.wave[j] = segments[i]
             self.count[j] = 0
