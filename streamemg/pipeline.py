@@ -54,7 +54,6 @@ from .model import ModelBundle
 from .qemg.analyser import QemgAnalyser, QemgSettings
 from .qemg.service import RemoteQemg, YieldGate, set_yielding
 from .qemg.service import supported as qemg_service_supported
-from .qemg.service import yielding as qemg_yielding
 from .sinks.base import Sink, SinkRunner, SinkSettings
 from .sources.base import Source
 from .types import CLASS_NAMES, Chunk, Estimate, StatusEvent, StreamInfo, StreamStatus, Window
@@ -463,7 +462,6 @@ class StreamState:
         )
 
 
-
 def signal_windows(
     raw: np.ndarray, fs: float, bundle: ModelBundle, settings: PipelineSettings | None = None, name: str = "signal"
 ) -> list[Window]:
@@ -640,7 +638,9 @@ class Pipeline:
             sink_drops={r.name: r.dropped for r in self.runners},
             errors=tuple(self.errors),
             connecting=tuple(sorted(self.connecting.items())),
-            qemg_yielding=self.qemg_gate is not None and self.qemg_gate.on and qemg_yielding(),
+            # only live streams' QEMG gives way (files are analysed inline, whatever the loop's load)
+            qemg_yielding=self.qemg_gate is not None and self.qemg_gate.on
+            and any(isinstance(st.qemg, RemoteQemg) for st in self.streams.values()),
         )
 
     def stream_detail(self, stream_id: str) -> StreamDetail | None:

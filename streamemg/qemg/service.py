@@ -298,11 +298,6 @@ class YieldGate:
         return self.on
 
 
-def yielding() -> bool:
-    """Whether live streams' QEMG is giving way to classification now (:func:`set_yielding`)."""
-    return _YIELDING
-
-
 def default_processes() -> int:
     """QEMG processes when ``QemgSettings.processes`` is 0: the cores the pipeline's event loop and inference
     thread leave (at least one)."""

@@ -243,3 +243,15 @@ def test_yielding_drops_new_blocks_and_a_paused_process_skips_what_it_holds() ->
     assert remote.wait_idle(30.0)
     assert remote.analysed_blocks >= 1 and remote.skipped_blocks < remote.sent_blocks
     remote.close()
+
+
+def test_the_pause_is_shown_only_where_live_streams_are_analysed() -> None:
+    """The gate starts yielding, but a pipeline with no live stream (files are analysed inline, whatever the load)
+    has no QEMG to pause: its dashboard must not say it is paused."""
+    pipe = Pipeline([], [], bundle=load_bundle(None))
+    assert pipe.qemg_gate is not None and pipe.qemg_gate.on
+    svc.set_yielding(True)  # as the watchdog does while a file replay keeps the loop busy
+    try:
+        assert pipe.snapshot().qemg_yielding is False
+    finally:
+        svc.set_yielding(False)
