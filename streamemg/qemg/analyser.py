@@ -83,7 +83,7 @@ class QemgSettings:
             lowest CPU priority. 1: never.
         summary_every_s: the units are measured again after this much new signal (s); estimates in between
             carry the last measurement. A unit's waveform is measured again only when its discharge count grew
-            by 10% (its running mean barely moves otherwise).
+            by 10% (its running median barely moves otherwise).
     """
 
     enabled: bool = True

@@ -1,8 +1,13 @@
 """Online clustering of one channel's candidate discharges into MUAP templates over a rolling horizon.
 
-Each template holds the running mean of the aligned segments assigned to it (an exact mean for its first
-``n_cap`` discharges, then an exponential one, so a template follows slow changes of the unit as the needle
-and effort move) and a ring of its most recent discharge times. A candidate joins the nearest template when
+Each template is a running *median* of the aligned segments assigned to it (median averaging, the clinical
+systems' way of keeping a superimposed neighbour's potential out of a unit's average), estimated per sample by
+stochastic approximation: every discharge moves each sample of the template towards it by a fixed step, ``gain *
+spread / n`` (``spread``: the running mean absolute deviation of that sample; ``n``: the template's discharges, at
+most ``n_cap``, so it follows slow changes of the unit as the needle and effort move). A template starts as the
+mean of the discharges that seeded it. A running mean instead keeps ``1/n`` of every potential that fell on one of
+its ``n`` discharges; the median ignores them while fewer than half of the discharges carry one. Each template
+also keeps a ring of its most recent discharge times. A candidate joins the nearest template when
 the squared distance over the matching window (``match_ms`` either side of the aligning peak) is below
 ``tol * |template|^2 + k_noise * m * noise^2``: a relative shape tolerance plus what the baseline noise alone
 explains. Of several templates a candidate matches, it joins the one nearest over a wider choosing window (the
@@ -35,13 +40,16 @@ class TemplateSet:
         match_idx: indices into a segment forming the matching vector, shape (m,).
         max_templates: slots (K).
         ring: discharge times kept per template.
-        n_cap: after this many discharges the mean becomes exponential with weight ``1 / n_cap``.
+        n_cap: the median's step stops shrinking after this many discharges (see the module docstring).
         tol: relative shape tolerance; k_noise: noise allowance (see the module docstring).
         max_shift: a candidate that matches no template as aligned is tried again shifted by up to this many
             samples (re-aligned on another peak of the same potential).
         pre: index of the aligning peak in a segment; max_new: most new templates seeded per block.
         choose: when several templates pass the match, the candidate goes to the one nearest over this many samples
             either side of the aligning peak (0: the nearest over the matching window).
+        median_gain: the median's step in units of ``spread / n``. The step that converges fastest is ``1 / (2 f)``,
+            ``f`` the density at the median: 1.57 times the mean absolute deviation for Gaussian scatter, less when
+            occasional superimposed potentials inflate the deviation; 1.0 measured best (docs/qemg.md).
     """
 
     def __init__(
@@ -61,11 +69,14 @@ class TemplateSet:
         shift_step: int = 1,
         min_gap: int = 0,
         choose: int = 0,
+        median_gain: float = 1.0,
     ) -> None:
         k = int(max_templates)
         self.k = k
         self.match_idx = np.asarray(match_idx, dtype=np.int64)
-        self.wave = np.zeros((k, int(seg_len)))
+        self.wave = np.zeros((k, int(seg_len)))  # the running medians
+        self.spread = np.zeros((k, int(seg_len)))  # running mean absolute deviation of each sample from it
+        self.median_gain = float(median_gain)
         self.match = np.zeros((k, self.match_idx.size))
         self.norm2 = np.zeros(k)
         self.count = np.zeros(k, dtype=np.int64)
@@ -182,7 +193,7 @@ class TemplateSet:
             if self.pair_shift:
                 # 3) peel: subtract the templates of the known discharges around each candidate (this block's
                 # matches and the previous block's last ones), then match what was left unmatched again. The
-                # cleaned segments also feed the running means, so other units do not blur a template.
+                # cleaned segments also feed the templates, so other units do not blur them.
                 segments -= self._neighbours(times, label)
                 rest = np.flatnonzero(label < 0)
                 if rest.size:
@@ -224,7 +235,7 @@ class TemplateSet:
                 if dd[b] < self.tol * self.norm2[cand[b]] + allow_noise:
                     j = int(cand[b])
                     label[i] = j
-                    loop_n[j] += 1  # the running mean, so later candidates meet the shape, not its first copy
+                    loop_n[j] += 1  # a running mean while seeding, so later candidates meet the shape, not its first copy
                     self.wave[j] += (segments[i] - self.wave[j]) / loop_n[j]
                     self._refresh(j)
                     continue
@@ -261,20 +272,29 @@ class TemplateSet:
         if not valid.any() and not pair_t.size:
             self.version += 1
             return label
-        # 6) every template's update in one go: running mean (exponential past n_cap) over the single matches, and
-        # the discharge ring over them and the resolved superpositions
+        # 6) every template's update in one go: a median step (step size shrinking with the discharges, down to
+        # 1 / n_cap) over the single matches, and the discharge ring over them and the resolved superpositions
         if valid.any():
             segs, lab_all = segments[valid], label[valid]
             fresh = np.zeros(self.k, dtype=bool)
             fresh[new_slots] = True
             order = np.argsort(lab_all, kind="stable")
-            lab = lab_all[order]
+            lab, segs = lab_all[order], segs[order]
             touched, first_idx, k = np.unique(lab, return_index=True, return_counts=True)
-            sums = np.add.reduceat(segs[order], first_idx, axis=0)
             n_prev = np.minimum(self.count[touched], self.n_cap)
-            # a new slot takes the mean of its members in this block as they are (a = 1)
-            a = np.where(fresh[touched], 1.0, k / (n_prev + k))
-            self.wave[touched] += a[:, None] * (sums / k[:, None] - self.wave[touched])
+            new = fresh[touched]
+            if new.any():  # a new slot starts as the mean of its members in this block
+                sums = np.add.reduceat(segs, first_idx, axis=0)
+                self.wave[touched[new]] = sums[new] / k[new, None]
+            diff = segs - self.wave[lab]
+            dev = np.add.reduceat(np.abs(diff), first_idx, axis=0) / k[:, None]
+            a = np.where(new, 1.0, k / (n_prev + k))[:, None]
+            self.spread[touched] += a * (dev - self.spread[touched])
+            if (~new).any():
+                old = ~new
+                pull = np.add.reduceat(np.sign(diff), first_idx, axis=0)[old]  # discharges above minus below
+                step = self.median_gain * self.spread[touched[old]] / (n_prev[old] + k[old])[:, None]
+                self.wave[touched[old]] += step * pull
             self.count[touched] += k
             self.match[touched] = self.wave[touched][:, self.match_idx]
             self.norm2[touched] = (self.match[touched] ** 2).sum(axis=1)

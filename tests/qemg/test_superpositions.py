@@ -63,3 +63,31 @@ def test_a_candidate_overlapped_by_a_known_neighbour_matches_once_the_neighbour_
     assert lab.tolist() == [lb, la]
     # the means were updated with the cleaned segments: a's template has not taken in b's tail
     assert np.max(np.abs(ts.wave[la] - _placed(a, PRE))) < 5.0
+
+
+def test_a_template_is_a_median_that_keeps_an_unknown_neighbour_out() -> None:
+    """A unit's discharges of which a third carry another potential (of a unit too small or too rare to hold a
+    template, so nothing peels it off) 15 ms after the spike: a running mean would keep a third of that potential;
+    the running median keeps a small part of it, and still follows the unit's own shape."""
+    rng = np.random.default_rng(11)
+    a = render_potential(draw_muap_shape(rng, 3), FS, 8.0, 300.0)
+    c = render_potential(draw_muap_shape(rng, 2), FS, 4.0, 120.0)
+    match_idx = np.arange(PRE - 15, PRE + 16, dtype=np.int64)
+    ts = TemplateSet(PRE + POST, match_idx, max_templates=8, ring=64, n_cap=64, tol=0.05, k_noise=2.0, pre=PRE)
+    own = _placed(a, PRE)
+    other = _placed(c, PRE + 150)
+    n = 120
+    with_other = rng.random(n) < 1 / 3
+    segs = own[None, :] + with_other[:, None] * other[None, :] + rng.normal(0.0, 2.0, (n, own.size))
+    times = np.arange(n, dtype=np.int64) * 1500 + 1000
+    for i in range(0, n, 6):  # blocks of a few discharges, as the analyser gives them
+        ts.assign(times[i : i + 6], segs[i : i + 6], 2.0)
+    j = int(np.argmax(ts.count))
+    assert ts.count[j] == n
+    mean = segs.mean(axis=0)
+    late = slice(PRE + 120, PRE + 190)  # where the other potential sits
+    residue_mean = float(np.abs(mean[late] - own[late]).max())
+    residue_median = float(np.abs(ts.wave[j, late] - own[late]).max())
+    assert residue_mean > 0.25 * float(np.ptp(c))
+    assert residue_median < 0.4 * residue_mean, (residue_median, residue_mean)
+    assert np.abs(ts.wave[j] - own).max() < 0.1 * float(np.ptp(a)) + residue_median
