@@ -235,7 +235,7 @@ class TemplateSet:
                 if dd[b] < self.tol * self.norm2[cand[b]] + allow_noise:
                     j = int(cand[b])
                     label[i] = j
-                    loop_n[j] += 1  # a running mean while seeding, so later candidates meet the shape, not its first copy
+                    loop_n[j] += 1  # a running mean while seeding: later candidates meet the shape, not its first copy
                     self.wave[j] += (segments[i] - self.wave[j]) / loop_n[j]
                     self._refresh(j)
                     continue
