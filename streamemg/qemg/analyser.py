@@ -49,7 +49,10 @@ class QemgSettings:
         notch_hz: mains notch (50 or 60 Hz, 3 harmonics, Q 30) for recordings dominated by hum, None for none.
             Off by default: it rings after large potentials, lengthening durations.
         pre_ms, post_ms: segment span before / after the aligning peak, ms.
-        dead_ms: smallest spacing of two candidates on one channel, ms.
+        dead_ms: smallest spacing of two candidates on one channel, ms (the largest peak within it wins). 5 ms: the
+            terminal phase of a bi- or triphasic potential peaks about 3 ms after its main spike at a third of its
+            size, and at 3 ms it was detected as a candidate of its own, whose templates took other units' slots
+            and discharges; two units firing within 5 ms of each other are one candidate for the pair fit.
         match_ms: half-width of the matching window around the peak, ms.
         choose_ms: when a candidate passes the match with several templates, it goes to the one nearest over this
             half-width around the peak (ms): units whose main spikes look alike over ``match_ms`` differ in their
@@ -91,7 +94,7 @@ class QemgSettings:
     notch_hz: float | None = None
     pre_ms: float = 15.0
     post_ms: float = 25.0
-    dead_ms: float = 3.0
+    dead_ms: float = 5.0
     match_ms: float = 1.5
     choose_ms: float = 4.0
     k_detect: float = 5.0
@@ -389,8 +392,12 @@ class QemgAnalyser:
             if m.amplitude_uv < s.min_snr * thr:
                 continue
             cands.append((int(j), w, m, times))
-        cands.sort(key=lambda x: -x[2].amplitude_uv)
-        # a template time-locked to a larger one is a second peak of that unit's potential, not a unit of its own
+        # a template time-locked to another whose aligning peak is larger is a second peak of that unit's potential,
+        # not a unit of its own: every discharge was aligned on its largest peak, so the unit's own template has the
+        # larger value there (a template aligned on a later phase holds the main spike beside its aligning peak, and
+        # its peak-to-peak can be the larger one)
+        pre = self.detector.pre
+        cands.sort(key=lambda x: -abs(float(x[1][pre])))
         lock = round(0.3e-3 * self.fs) + 1
         locked = _lock_matrix([x[3] for x in cands], self.detector.pre + self.detector.post, lock)
         kept_idx: list[int] = []
