@@ -12,8 +12,8 @@ the squared distance over the matching window (``match_ms`` either side of the a
 ``tol * |template|^2 + k_noise * m * noise^2``: a relative shape tolerance plus what the baseline noise alone
 explains. Of several templates a candidate matches, it joins the one nearest over a wider choosing window (the
 slower phases tell apart units whose main spikes look alike). Candidates that match nothing start a new
-template; when all ``max_templates`` slots are taken the template with the fewest discharges within the horizon
-gives its slot up. Templates not seen for a whole horizon are dropped.
+template; when all ``max_templates`` slots are taken a template with fewer than ``established`` discharges gives its
+slot up (the fewest first), never a unit's. Templates not seen for a whole horizon are dropped.
 
 All candidates of a block are compared with all templates in one matrix product; only the candidates that
 match no existing template are handled one by one (a few per block once the units are known).
@@ -50,6 +50,8 @@ class TemplateSet:
         median_gain: the median's step in units of ``spread / n``. The step that converges fastest is ``1 / (2 f)``,
             ``f`` the density at the median: 1.57 times the mean absolute deviation for Gaussian scatter, less when
             occasional superimposed potentials inflate the deviation; 1.0 measured best (docs/qemg.md).
+        established: a template with at least this many discharges is a unit's and keeps its slot until the horizon
+            forgets it; new shapes take free slots and those of younger templates only (0: any slot but this block's).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class TemplateSet:
         min_gap: int = 0,
         choose: int = 0,
         median_gain: float = 1.0,
+        established: int = 5,
     ) -> None:
         k = int(max_templates)
         self.k = k
@@ -77,6 +80,7 @@ class TemplateSet:
         self.wave = np.zeros((k, int(seg_len)))  # the running medians
         self.spread = np.zeros((k, int(seg_len)))  # running mean absolute deviation of each sample from it
         self.median_gain = float(median_gain)
+        self.established = int(established)
         self.match = np.zeros((k, self.match_idx.size))
         self.norm2 = np.zeros(k)
         self.count = np.zeros(k, dtype=np.int64)
@@ -223,7 +227,10 @@ class TemplateSet:
         new_slots: list[int] = []
         loop_n: dict[int, int] = {}
         left = np.flatnonzero(label == -1)
-        slots = self._slot_order(protected) if left.size else []
+        # a unit's template is not given up for a new shape: units recruited only at the effort peaks pause for
+        # seconds, and the shapes seeded meanwhile (superpositions of unknown units, noise) took their slots
+        keep = protected | (self.active & (self.count >= self.established)) if self.established else protected
+        slots = self._slot_order(keep) if left.size else []
         for n_done, i in enumerate(left):
             if len(new_slots) >= self.max_new:
                 left = left[n_done:]

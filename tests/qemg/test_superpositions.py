@@ -91,3 +91,25 @@ def test_a_template_is_a_median_that_keeps_an_unknown_neighbour_out() -> None:
     assert residue_mean > 0.25 * float(np.ptp(c))
     assert residue_median < 0.4 * residue_mean, (residue_median, residue_mean)
     assert np.abs(ts.wave[j] - own).max() < 0.1 * float(np.ptp(a)) + residue_median
+
+
+def test_a_units_template_keeps_its_slot_while_the_unit_pauses() -> None:
+    """A unit recruited only at the effort peaks pauses for seconds; the new shapes seeded meanwhile (superpositions of
+    unknown units, noise: one discharge each) take free slots and each other's, never the unit's."""
+    rng = np.random.default_rng(9)
+    a = render_potential(draw_muap_shape(rng, 3), FS, 8.0, 350.0)
+    match_idx = np.arange(PRE - 15, PRE + 16, dtype=np.int64)
+    ts = TemplateSet(PRE + POST, match_idx, max_templates=4, ring=64, n_cap=64, tol=0.05, k_noise=2.0, pre=PRE)
+    t0 = 1000
+    lab = ts.assign(np.arange(8, dtype=np.int64) * 1500 + t0, np.array([_placed(a, PRE)] * 8), 0.5)
+    j = int(lab[0])
+    gen = int(ts.generation[j])
+    t = 20_000
+    for _ in range(6):  # blocks of new shapes, more than the free slots, while the unit is silent
+        junk = [_placed(render_potential(draw_muap_shape(rng, int(rng.integers(2, 5))), FS, float(rng.uniform(3, 12)),
+                                         float(rng.uniform(40, 200))), PRE) for _ in range(5)]
+        ts.assign(np.arange(5, dtype=np.int64) * 1500 + t, np.array(junk), 0.5)
+        t += 10_000
+    assert ts.active[j] and int(ts.generation[j]) == gen and ts.count[j] == 8
+    back = ts.assign(np.array([t], dtype=np.int64), _placed(a, PRE)[None, :], 0.5)
+    assert int(back[0]) == j  # the unit's next discharge finds its template
