@@ -1,5 +1,5 @@
-"""Print the ground-truth table of docs/qemg.md: ``python tests/qemg/gt_table.py [SEEDS]`` (default 20: seeds
-0 to SEEDS - 1, 10 s each).
+"""Print the ground-truth table of docs/qemg.md: ``python tests/qemg/gt_table.py [SEEDS [FIRST]]`` (default 20 and 0:
+seeds FIRST to FIRST + SEEDS - 1, 10 s each; ``20 20`` and ``20 40`` give the held-out seed sets of the docs).
 
 "both" counts every unit that fires at least 5 times in view; the last columns restrict it to the units whose true
 peak-to-peak at the electrode is above the analyser's detection threshold ("clearly present"), and of those to the
@@ -28,7 +28,9 @@ def _both(rs: list[UnitScore]) -> int:
 
 
 def main() -> None:
-    seeds = range(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    seeds = range(first, first + n)
     print("| class | effort | units in view (>=5 fires) | found | amplitude within 10% | duration within 2 ms | both "
           "| rate within 1 Hz (of found with a rate) | median abs amplitude error | median abs duration error (ms) "
           "| median abs rate error (Hz) | median share of its discharges found | clearly present | both, of those "
