@@ -474,7 +474,7 @@ class QemgAnalyser:
         w = (ti.size * wi + tj.size * moved) / (ti.size + tj.size)
         w, sd = remove_baseline(w, self._edge)
         m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre)
-        return w, m, np.sort(np.concatenate([ti, tj - shift]))
+        return w, m, np.sort(np.concatenate([ti, tj + shift]))  # i's aligning peak is shift samples after j's
 
 
 def _lock_matrix(trains: list[npt.NDArray[np.int64]], span: int, lock: int) -> npt.NDArray[np.bool_]:

@@ -86,3 +86,28 @@ def test_a_units_terminal_phase_is_not_taken_for_a_unit() -> None:
     found = sorted(u.waveform.amplitude_uv for u in units)
     for f, a in zip(found, sorted(true_amp), strict=True):
         assert abs(f / a - 1) <= 0.05, (found, true_amp)
+
+
+def test_joined_fragments_put_both_trains_on_one_peak() -> None:
+    """A polyphasic unit with two peaks of about one size is aligned on one or the other, so its discharges end in two
+    templates; joined, the second template's discharge times must move to the first one's peak (they were moved the
+    other way, twice the shift off, so a unit joined from two fragments had two trains a few ms apart)."""
+    from streamemg.qemg import QemgAnalyser
+
+    fs = 10000.0
+    an = QemgAnalyser(fs, 1)
+    pre, n = an.detector.pre, an.detector.pre + an.detector.post
+    gap = 12  # samples between the two peaks
+    t = np.arange(n) - pre
+
+    def potential(peak_a_at: int) -> np.ndarray:
+        return (80.0 * np.exp(-(((t - peak_a_at) / 3.0) ** 2)) + 78.0 * np.exp(-(((t - peak_a_at - gap) / 3.0) ** 2))
+                - 60.0 * np.exp(-(((t - peak_a_at - 2 * gap) / 5.0) ** 2)))
+
+    wi = potential(0)  # aligned on peak A
+    wj = potential(-gap)  # aligned on peak B, A sits gap samples before the aligning point
+    peaks_a = np.arange(20, dtype=np.int64) * 1000 + 5000
+    ti, tj = peaks_a[::2], peaks_a[1::2] + gap  # j's discharges were detected on peak B
+    joined = an._joined(wi, ti, wj, tj, an.detector.dead)
+    assert joined is not None
+    assert np.array_equal(joined[2], peaks_a)
