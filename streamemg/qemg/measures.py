@@ -1,6 +1,6 @@
 """Clinical measures of one motor-unit action potential (MUAP) template and of a unit's firing.
 
-Definitions (written out in docs/qemg.md; all on the template, i.e. the average of a unit's aligned
+Definitions (written out in docs/qemg.md; all on the template, i.e. the running median of a unit's aligned
 discharges, after its baseline was removed):
 
 * **amplitude** (µV): peak-to-peak, maximum minus minimum of the potential (the template within its duration).
@@ -99,8 +99,8 @@ def waveform_measures(
         smooth_ms: boxcar over which the template is smoothed while following its ends out to the baseline.
         peak: index of the potential's own main peak (the analyser's aligning peak, where every discharge of the
             unit was aligned); None: the template's largest absolute value. The measures are those of the stretch
-            holding it: activity of other units left elsewhere in the template (an average of a few dozen
-            discharges keeps 1/n of every neighbour that fired near one of them) is not part of the potential.
+            holding it: activity of other units left elsewhere in the template (a neighbour that fired near most of
+            a small unit's discharges, or one peeled off imperfectly) is not part of the potential.
     """
     w = np.asarray(template, dtype=np.float64)
     if w.size < 3:
