@@ -50,6 +50,11 @@ class TemplateSet:
         median_gain: the median's step in units of ``spread / n``. The step that converges fastest is ``1 / (2 f)``,
             ``f`` the density at the median: 1.57 times the mean absolute deviation for Gaussian scatter, less when
             occasional superimposed potentials inflate the deviation; 1.0 measured best (docs/qemg.md).
+        seed_support: new templates are seeded first from the unmatched candidates that have at least this many
+            look-alikes among the block's other unmatched candidates (0: in time order alone). In a block where
+            many units are new (the first, or an effort peak that recruits large units), the seeds in time order
+            went to superpositions and noise peaks and ran out before a unit that fired later in the block; its
+            discharges were all dropped.
         established: a template with at least this many discharges is a unit's and keeps its slot until the horizon
             forgets it; new shapes take free slots and those of younger templates only (0: any slot but this block's).
     """
@@ -73,6 +78,7 @@ class TemplateSet:
         choose: int = 0,
         median_gain: float = 1.0,
         established: int = 5,
+        seed_support: int = 2,
     ) -> None:
         k = int(max_templates)
         self.k = k
@@ -81,6 +87,7 @@ class TemplateSet:
         self.spread = np.zeros((k, int(seg_len)))  # running mean absolute deviation of each sample from it
         self.median_gain = float(median_gain)
         self.established = int(established)
+        self.seed_support = int(seed_support)
         self.match = np.zeros((k, self.match_idx.size))
         self.norm2 = np.zeros(k)
         self.count = np.zeros(k, dtype=np.int64)
@@ -218,9 +225,10 @@ class TemplateSet:
                         pair_lab = np.concatenate([a_lab, b_lab])
                         self.resolved += int(np.count_nonzero(ok))
         matched = label >= 0
-        # 5) shapes never seen: greedy seeding, all at once per seed. The largest unmatched candidate seeds a new
-        # template; every unmatched candidate close to it joins; repeat up to ``max_new`` times per block. What
-        # is left (superpositions of unknown units, noise) is dropped: a real unit comes back later.
+        # 5) shapes never seen: greedy seeding. An unmatched candidate seeds a new template and the later ones close
+        # to it join; up to ``max_new`` seeds per block, in time order, those with look-alikes among the block's
+        # unmatched candidates first. What is left (superpositions of unknown units, noise) is dropped: a real
+        # unit comes back later.
         protected = np.zeros(self.k, dtype=bool)
         protected[label[matched]] = True  # slots matched in this block are not given up
         protected[pair_lab] = True
@@ -231,6 +239,8 @@ class TemplateSet:
         # seconds, and the shapes seeded meanwhile (superpositions of unknown units, noise) took their slots
         keep = protected | (self.active & (self.count >= self.established)) if self.established else protected
         slots = self._slot_order(keep) if left.size else []
+        if left.size > 1 and self.seed_support:
+            left = left[np.argsort(self._lone(segments[left], allow_noise), kind="stable")]
         for n_done, i in enumerate(left):
             if len(new_slots) >= self.max_new:
                 left = left[n_done:]
@@ -317,6 +327,16 @@ class TemplateSet:
         np.maximum.at(self.last_seen, lab, tt)
         self.version += 1
         return label
+
+    def _lone(self, segs: F64, allow_noise: float) -> npt.NDArray[np.bool_]:
+        """Which of these unmatched candidates have fewer than ``seed_support`` look-alikes among them (the match
+        rule, either way round): a unit that is new in a block fires there several times, while a superposition
+        of unknown units or a noise peak is a shape of its own. They seed last."""
+        sm = segs[:, self.match_idx]
+        en = (sm * sm).sum(axis=1)
+        d = en[:, None] + en[None, :] - 2.0 * _products(sm, sm)
+        alike = d < self.tol * np.maximum(en[:, None], en[None, :]) + allow_noise
+        return alike.sum(axis=1) - 1 < self.seed_support  # its own row matches itself
 
     # ------------------------------------------------------------------ superpositions
     def _keep_recent(self, t: I64, lab: I64) -> None:

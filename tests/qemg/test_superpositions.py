@@ -113,3 +113,24 @@ def test_a_units_template_keeps_its_slot_while_the_unit_pauses() -> None:
     assert ts.active[j] and int(ts.generation[j]) == gen and ts.count[j] == 8
     back = ts.assign(np.array([t], dtype=np.int64), _placed(a, PRE)[None, :], 0.5)
     assert int(back[0]) == j  # the unit's next discharge finds its template
+
+
+def test_a_unit_new_in_a_crowded_block_is_seeded_before_lone_shapes() -> None:
+    """In a block where many shapes are new (the first, or an effort peak), the seeds went in time order to
+    superpositions and noise peaks, one discharge each, and ran out before a unit that fires later in the block:
+    all of its discharges were dropped. Shapes with look-alikes in the block now seed first."""
+    rng = np.random.default_rng(11)
+    unit = render_potential(draw_muap_shape(rng, 3), FS, 8.0, 300.0)
+    match_idx = np.arange(PRE - 15, PRE + 16, dtype=np.int64)
+    lone = [_placed(render_potential(draw_muap_shape(rng, int(rng.integers(2, 5))), FS, float(rng.uniform(3, 12)),
+                                    float(rng.uniform(40, 200))), PRE) for _ in range(6)]
+    segs = np.array(lone + [_placed(unit, PRE)] * 6)  # six lone shapes first, then six discharges of one unit
+    times = np.arange(12, dtype=np.int64) * 1500 + 1000
+    for support, expect in ((0, 0), (2, 6)):
+        ts = TemplateSet(PRE + POST, match_idx, max_templates=8, ring=64, n_cap=64, tol=0.05, k_noise=2.0, pre=PRE,
+                         max_new=4, seed_support=support)
+        lab = ts.assign(times, segs.copy(), 0.5)
+        got = lab[6:]
+        assert int(np.count_nonzero(got >= 0)) == expect, (support, lab)
+        if expect:
+            assert len(set(got.tolist())) == 1  # one template holds them all
