@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -169,6 +169,27 @@ class UnitMeasures:
     times_s: F64 = field(repr=False)
 
 
+class _Template(NamedTuple):
+    """A template on its way to a unit: its baseline-corrected waveform, its measures, its discharge times within the
+    horizon (samples) and the uncertainty of each of its samples (µV; :func:`_uncertainty`)."""
+
+    wave: F64
+    measures: WaveformMeasures
+    times: npt.NDArray[np.int64]
+    uncertainty: F64
+
+
+#: Standard deviation of a Gaussian per unit of its mean absolute deviation, sqrt(pi / 2).
+_SD_PER_MAD = math.sqrt(math.pi / 2.0)
+
+
+def _uncertainty(spread: F64, n: int) -> F64:
+    """How far a template's samples may lie from the potential's own values: 2 standard errors of the scatter of
+    its ``n`` discharges (``spread``: each sample's running mean absolute deviation), µV. Where other units' activity
+    falls on a few of a unit's discharges, the scatter is large there and the template uncertain."""
+    return 2.0 * _SD_PER_MAD * spread / math.sqrt(max(1, n))
+
+
 def _mean(values: list[float]) -> float | None:
     v = [x for x in values if math.isfinite(x)]
     return float(np.mean(v)) if v else None
@@ -283,8 +304,8 @@ class QemgAnalyser:
         phase = float(phase) % 1.0
         self.blocks = BlockGatherer(self.fs, s.block_s, phase)  # exact blocks; the first is shorter: the stagger
         self._summary_offset = round(phase * self._summary_every)
-        # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures)
-        self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures]] = {}
+        # (channel, slot) -> (generation, count when measured, baseline-corrected template, measures, uncertainty)
+        self._measured: dict[tuple[int, int], tuple[int, int, F64, WaveformMeasures, F64]] = {}
         self._latest: tuple[QemgSummary, dict[str, Any]] | None = None
         self.dropped_blocks = 0  # always 0 here (see RemoteQemg)
 
@@ -374,7 +395,7 @@ class QemgAnalyser:
 
     def _channel_units(self, c: int, ts: TemplateSet, oldest: int, thr: float) -> list[UnitMeasures]:
         s = self.settings
-        cands: list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]] = []
+        cands: list[_Template] = []
         for j in np.flatnonzero(ts.active):
             times = ts.recent_times(int(j), oldest)
             if times.size < min(3, s.min_discharges):
@@ -384,29 +405,30 @@ class QemgAnalyser:
             gen, count = int(ts.generation[j]), int(ts.count[j])
             hit = self._measured.get((c, int(j)))
             if hit is not None and hit[0] == gen and count < 1.1 * hit[1] + 1:
-                w, m = hit[2], hit[3]
+                w, m, u = hit[2], hit[3], hit[4]
             else:
                 w, sd = remove_baseline(ts.wave[j], self._edge)
-                m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre)
-                self._measured[(c, int(j))] = (gen, count, w, m)
+                u = _uncertainty(ts.spread[j], min(count, ts.n_cap))
+                m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre, uncertainty_uv=u)
+                self._measured[(c, int(j))] = (gen, count, w, m, u)
             if m.amplitude_uv < s.min_snr * thr:
                 continue
-            cands.append((int(j), w, m, times))
+            cands.append(_Template(w, m, times, u))
         # a template time-locked to another whose aligning peak is larger is a second peak of that unit's potential,
         # not a unit of its own: every discharge was aligned on its largest peak, so the unit's own template has the
         # larger value there (a template aligned on a later phase holds the main spike beside its aligning peak, and
         # its peak-to-peak can be the larger one)
         pre = self.detector.pre
-        cands.sort(key=lambda x: -abs(float(x[1][pre])))
+        cands.sort(key=lambda x: -abs(float(x.wave[pre])))
         lock = round(0.3e-3 * self.fs) + 1
-        locked = _lock_matrix([x[3] for x in cands], self.detector.pre + self.detector.post, lock)
+        locked = _lock_matrix([x.times for x in cands], self.detector.pre + self.detector.post, lock)
         kept_idx: list[int] = []
         for i in range(len(cands)):
             if not any(locked[i, k] for k in kept_idx):
                 kept_idx.append(i)
         kept = self._join_fragments([cands[i] for i in kept_idx])
         out: list[UnitMeasures] = []
-        for _, w, m, times in kept:
+        for w, m, times, _ in kept:
             t_s = times / self.fs
             rate, cv, n_kept = firing_stats(t_s)
             kind = _kind(m, t_s, rate, cv, n_kept)
@@ -416,8 +438,8 @@ class QemgAnalyser:
         return out
 
     def _join_fragments(
-        self, units: list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]]
-    ) -> list[tuple[int, F64, WaveformMeasures, npt.NDArray[np.int64]]]:
+        self, units: list[_Template]
+    ) -> list[_Template]:
         """Join templates that hold one unit's discharges between them (the unit aligned on one of two peaks of
         similar size, or seeded twice): amplitudes within 25%, the same shape at a shift of up to ``dead_ms``
         (correlation >= 0.95 over the template less the shift range), and discharge trains that do not come within
@@ -433,28 +455,27 @@ class QemgAnalyser:
         while i < len(out):
             j = i + 1
             while j < len(out):
-                _, wi, mi, ti = out[i]
-                _, wj, mj, tj = out[j]
+                mi, ti = out[i].measures, out[i].times
+                mj, tj = out[j].measures, out[j].times
                 joined = None
                 if mi.amplitude_uv > 0 and 0.8 <= mj.amplitude_uv / mi.amplitude_uv <= 1.25 and ti.size and tj.size:
                     pos = np.searchsorted(ti, tj)
                     left = np.abs(tj - ti[np.maximum(pos - 1, 0)])
                     right = np.abs(ti[np.minimum(pos, ti.size - 1)] - tj)
                     if np.count_nonzero(np.minimum(left, right) <= close) <= 0.1 * min(ti.size, tj.size):
-                        joined = self._joined(wi, ti, wj, tj, d)
+                        joined = self._joined(out[i], out[j], d)
                 if joined is not None:
-                    out[i] = (out[i][0], *joined)
+                    out[i] = joined
                     del out[j]
                 else:
                     j += 1
             i += 1
         return out
 
-    def _joined(
-        self, wi: F64, ti: npt.NDArray[np.int64], wj: F64, tj: npt.NDArray[np.int64], d: int
-    ) -> tuple[F64, WaveformMeasures, npt.NDArray[np.int64]] | None:
-        """Template ``j`` as template ``i`` at a shift (see :meth:`_join_fragments`): the joined template, its
-        measures and discharge times; None if the shapes differ."""
+    def _joined(self, ti_: _Template, tj_: _Template, d: int) -> _Template | None:
+        """Template ``j`` as template ``i`` at a shift (see :meth:`_join_fragments`): the joined template (its
+        uncertainty pooled from the two), or None if the shapes differ."""
+        wi, ti, wj, tj = ti_.wave, ti_.times, tj_.wave, tj_.times
         n = wi.size
         if n <= 2 * d + 2:
             return None
@@ -466,15 +487,24 @@ class QemgAnalyser:
         if corr[k] < 0.95:
             return None
         shift = k - d  # wj[x + shift] lines up with wi[x]
-        moved = np.zeros_like(wj)
-        if shift >= 0:
-            moved[: n - shift] = wj[shift:]
-        else:
-            moved[-shift:] = wj[: n + shift]
-        w = (ti.size * wi + tj.size * moved) / (ti.size + tj.size)
+        moved, moved_u = _moved(wj, shift), _moved(tj_.uncertainty, shift)
+        ni, nj = ti.size, tj.size
+        w = (ni * wi + nj * moved) / (ni + nj)
+        u = np.sqrt((ni * ti_.uncertainty) ** 2 + (nj * moved_u) ** 2) / (ni + nj)
         w, sd = remove_baseline(w, self._edge)
-        m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre)
-        return w, m, np.sort(np.concatenate([ti, tj + shift]))  # i's aligning peak is shift samples after j's
+        m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre, uncertainty_uv=u)
+        return _Template(w, m, np.sort(np.concatenate([ti, tj + shift])), u)  # i's aligning peak: shift after j's
+
+
+def _moved(x: F64, shift: int) -> F64:
+    """``x[k + shift]`` at ``k`` (zeros where that falls outside)."""
+    n = x.size
+    out = np.zeros_like(x)
+    if shift >= 0:
+        out[: n - shift] = x[shift:]
+    else:
+        out[-shift:] = x[: n + shift]
+    return out
 
 
 def _lock_matrix(trains: list[npt.NDArray[np.int64]], span: int, lock: int) -> npt.NDArray[np.bool_]:

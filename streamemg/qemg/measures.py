@@ -85,6 +85,7 @@ def waveform_measures(
     turn_uv: float = TURN_UV,
     smooth_ms: float = 0.5,
     peak: int | None = None,
+    uncertainty_uv: F64 | None = None,
 ) -> WaveformMeasures:
     """Measure one baseline-corrected template.
 
@@ -101,6 +102,10 @@ def waveform_measures(
             unit was aligned); None: the template's largest absolute value. The measures are those of the stretch
             holding it: activity of other units left elsewhere in the template (a neighbour that fired near most of
             a small unit's discharges, or one peeled off imperfectly) is not part of the potential.
+        uncertainty_uv: (L,) how far each sample of the template may lie from the potential's own value, µV (the
+            analyser gives 2 standard errors of its discharges' scatter there). Each end of the duration is then
+            brought in past the samples where the smoothed template stays within it: what other units' activity
+            left in a template of few, scattered discharges is not part of the potential. None: not used.
     """
     w = np.asarray(template, dtype=np.float64)
     if w.size < 3:
@@ -111,14 +116,14 @@ def waveform_measures(
     if peak is None or not 0 <= peak < w.size:
         peak = int(np.argmax(np.abs(w)))
     gap = max(1, round(gap_ms * fs / 1000.0))
-    span = _extent(w, fs, amp, peak, gap, noise_uv, rel, k_noise, smooth_ms)
+    span = _extent(w, fs, amp, peak, gap, noise_uv, rel, k_noise, smooth_ms, uncertainty_uv)
     if span is None:  # the baseline is noisier than the potential: nothing measurable
         return WaveformMeasures(amp, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
     onset, end = span
     # the amplitude is the potential's own: residue of other units elsewhere in the template is not part of it
     own = float(w[onset : end + 1].max() - w[onset : end + 1].min())
     if own < amp:
-        span = _extent(w, fs, own, peak, gap, noise_uv, rel, k_noise, smooth_ms)
+        span = _extent(w, fs, own, peak, gap, noise_uv, rel, k_noise, smooth_ms, uncertainty_uv)
         if span is not None:
             onset, end = span
         amp = float(w[onset : end + 1].max() - w[onset : end + 1].min())
@@ -145,7 +150,8 @@ def waveform_measures(
 
 
 def _extent(
-    w: F64, fs: float, amp: float, peak: int, gap: int, noise_uv: float, rel: float, k_noise: float, smooth_ms: float
+    w: F64, fs: float, amp: float, peak: int, gap: int, noise_uv: float, rel: float, k_noise: float, smooth_ms: float,
+    uncertainty_uv: F64 | None = None,
 ) -> tuple[int, int] | None:
     """First and last sample of the potential holding ``peak`` for an amplitude ``amp`` (the duration's stretch,
     see :func:`waveform_measures`); None when no sample reaches the threshold."""
@@ -154,8 +160,8 @@ def _extent(
     if above.size == 0:
         return None
     onset, end = _stretch(above, peak, gap)
+    sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
     if thr > rel * amp:  # the noise hides the rel level: follow each end out to where it reaches the baseline
-        sm = _smooth(w, max(1, round(smooth_ms * fs / 1000.0)))
         # the smoothed template is less noisy: phases that the raw noise bound hid but that stand clear of the
         # smoothed template's own noise (its first and last 2 ms) belong to the potential too
         e = max(1, min(round(0.002 * fs), w.size // 4))
@@ -165,6 +171,15 @@ def _extent(
             onset, end = min(onset, on2), max(end, end2)
         onset = _to_baseline(sm, onset, -1, rel * amp)
         end = _to_baseline(sm, end, 1, rel * amp)
+    if uncertainty_uv is not None:  # bring each end in past what lies within the template's own uncertainty
+        clear = np.abs(sm) >= np.maximum(rel * amp, uncertainty_uv)
+        lo, hi = min(peak, end), max(peak, onset)
+        if lo > onset:
+            part = clear[onset : lo + 1]
+            onset += int(np.argmax(part)) if part.any() else part.size - 1
+        if end > hi:
+            part = clear[hi : end + 1][::-1]
+            end -= int(np.argmax(part)) if part.any() else part.size - 1
     return onset, end
 
 

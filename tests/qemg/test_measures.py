@@ -93,3 +93,28 @@ def test_short_polyphasic_potential_is_not_cut_to_its_main_spike_under_template_
     m = waveform_measures(out, fs, noise_uv=sd)
     assert quiet.duration_ms > 2.5
     assert abs(m.duration_ms - quiet.duration_ms) < 1.0, (m.duration_ms, quiet.duration_ms)
+
+
+def test_duration_ends_are_brought_in_past_what_lies_within_the_templates_uncertainty() -> None:
+    """A short potential (myopathic: 4.5 ms, 120 µV) whose template holds a slow 6 µV wander after it, where other
+    units' activity fell on a few of its discharges: the wander reaches the 3% level (3.6 µV) and the duration ran on
+    over it. Where the template's uncertainty there is larger than the wander, the end stops at the potential's own;
+    where it is small (the wander is then part of the potential: a late phase every discharge has), it stays."""
+    fs = 10000.0
+    k = render_potential(draw_muap_shape(np.random.default_rng(4), 3), fs, 4.5, 120.0)
+    w = np.concatenate([np.zeros(150), k, np.zeros(250)])
+    peak = 150 + int(np.argmax(np.abs(k)))
+    clean = waveform_measures(w, fs, peak=peak)
+    own = muap_duration_ms(k, fs)
+    assert clean.duration_ms == pytest.approx(own, abs=0.11)
+    start = clean.end - 10
+    t = np.arange(80)
+    w[start : start + 80] += 6.0 * np.sin(np.pi * t / 80)  # 8 ms bump from the potential's last 1 ms on
+    ran_on = waveform_measures(w, fs, peak=peak)
+    assert ran_on.duration_ms > own + 4.0  # the wander counted
+    unsure = np.full(w.size, 1.0)
+    unsure[start + 10 : start + 85] = 8.0
+    m = waveform_measures(w, fs, peak=peak, uncertainty_uv=unsure)
+    assert m.duration_ms == pytest.approx(own, abs=0.3)
+    sure = waveform_measures(w, fs, peak=peak, uncertainty_uv=np.full(w.size, 1.0))
+    assert sure.duration_ms == pytest.approx(ran_on.duration_ms)

@@ -108,6 +108,12 @@ def test_joined_fragments_put_both_trains_on_one_peak() -> None:
     wj = potential(-gap)  # aligned on peak B, A sits gap samples before the aligning point
     peaks_a = np.arange(20, dtype=np.int64) * 1000 + 5000
     ti, tj = peaks_a[::2], peaks_a[1::2] + gap  # j's discharges were detected on peak B
-    joined = an._joined(wi, ti, wj, tj, an.detector.dead)
+    from streamemg.qemg.analyser import _Template
+    from streamemg.qemg.measures import waveform_measures
+
+    def template(w: np.ndarray, times: np.ndarray) -> _Template:
+        return _Template(w, waveform_measures(w, fs, peak=pre), times, np.ones(n))
+
+    joined = an._joined(template(wi, ti), template(wj, tj), an.detector.dead)
     assert joined is not None
-    assert np.array_equal(joined[2], peaks_a)
+    assert np.array_equal(joined.times, peaks_a)
