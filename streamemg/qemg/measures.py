@@ -7,7 +7,8 @@ discharges, after its baseline was removed):
 * **duration** (ms): from the first to the last sample at which the template departs from the baseline by
   at least ``max(rel * amplitude, k_noise * baseline noise)``, taken over the stretch that holds the main
   peak; stretches separated from it by more than ``gap_ms`` of baseline (late, linked potentials) are
-  left out.
+  left out. Given the template's per-sample uncertainty, each end is then brought in past the samples where the
+  smoothed template lies within it (other units' activity left in a template of few, scattered discharges).
 * **phases**: baseline crossings inside the duration + 1; samples within the same threshold of the baseline
   are ignored, so noise around zero does not add crossings.
 * **turns**: changes of direction inside the duration whose excursion from the previous turn is at least

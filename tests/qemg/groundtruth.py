@@ -44,6 +44,7 @@ class UnitScore:
     found_dur: float = float("nan")
     found_rate: float = float("nan")
     threshold: float = float("nan")  # the analyser's detection threshold at the end, µV
+    noise: float = float("nan")  # the analyser's baseline noise at the end, µV
     recall: float = 0.0  # share of the true discharges that the credited found unit holds
     fragments: int = 0  # other found units time-locked to this true unit
     twin: bool = False  # another unit in view matches this one's shape over the matching window (module docstring)
@@ -131,7 +132,7 @@ def score(
         windows[gid] = padded[pk : pk + 2 * half + 1 : step]
         s = UnitScore(
             cls, seed, gid, float(np.ptp(kernel)), muap_duration_ms(kernel, fs), true_rate(t), int(t.size),
-            threshold=thr,
+            threshold=thr, noise=float(an.detector.noise[0]),
         )
         best = 0.0
         for u in summary.units:

@@ -4,7 +4,9 @@ seeds FIRST to FIRST + SEEDS - 1, 10 s each; ``20 20`` and ``20 40`` give the he
 "both" counts every unit that fires at least 5 times in view; the last columns restrict it to the units whose true
 peak-to-peak at the electrode is above the analyser's detection threshold ("clearly present"), and of those to the
 ones without a twin (another unit in view with a shape the analyser's match rule cannot tell from it, see
-tests/qemg/groundtruth.py). The restricted figures sit beside the full one, they do not replace it."""
+tests/qemg/groundtruth.py). The restricted figures sit beside the full one, they do not replace it. Under the table:
+how many units in view are under the detection threshold, and how many of those have a peak-to-peak under 3 x the
+baseline noise (their peaks within +-1.5 SD of it)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def main() -> None:
           "| median abs rate error (Hz) | median share of its discharges found | clearly present | both, of those "
           "| of those, with a twin | both, of the clearly present without a twin |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    hidden: list[str] = []
     for effort in (None, 0.15):
         for cls in ("normal", "als", "myopathy"):
             rs = [r for s in seeds for r in score(cls, s, effort=effort)]
@@ -54,6 +57,12 @@ def main() -> None:
                   f"| {amp:.1f}% | {dur:.2f} | {rate:.2f} | {recall:.2f} | {len(clear)} "
                   f"| {_pct(_both(clear), len(clear))} "
                   f"| {len(clear) - len(single)} | {_pct(_both(single), len(single))} |", flush=True)
+            under = [r for r in rs if not r.clear]
+            faint = sum(r.true_amp < 3.0 * r.noise for r in under)
+            hidden.append(f"{cls} ({'class default' if effort is None else effort}): {len(under)} of {n} under the "
+                          f"detection threshold, {faint} of them with a peak-to-peak under 3 x the baseline noise")
+    print("\nUnits in view under the analyser's detection threshold:\n")
+    print("\n".join(f"- {h}" for h in hidden))
 
 
 if __name__ == "__main__":
