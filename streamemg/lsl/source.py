@@ -36,7 +36,10 @@ How it works
 * When an outlet vanishes (the inlet reports it lost, or it stops sending and is no longer visible) the
   stream is shown as ``RECONNECTING``; when an outlet with the same ``source_id`` appears again a fresh
   inlet is opened (fresh clock/dejitter state) and the stream goes on under the same stream id, without a
-  restart. A changed rate or channel count is announced with a new StreamInfo.
+  restart. A changed rate or channel count is announced with a new StreamInfo. A fresh inlet can stamp its
+  first samples from zero (before it has seen a real timestamp, liblsl deduces theirs from 0.0); stamps from
+  before the inlet was opened are deduced again at the nominal rate (:class:`_InletReader`), so a stream's
+  timestamps keep increasing across a reconnection.
 * Startup at any count: listing the streams and opening inlets run on two separate thread pools
   (:class:`~streamemg.lsl.executor.LSLExecutor`, whose timeouts count only the call itself), so a hundred
   outlets appearing at once never make the listing time out behind the opens, and neither delays the pulls.
@@ -284,17 +287,33 @@ class _InletReader:
     Where pylsl does not expose its per-format C function (other versions), the reader falls back to
     ``pull_chunk``.
 
+    A fresh inlet can hand out its first samples stamped from zero (liblsl gives samples that arrive before the
+    first sample with a real timestamp a time deduced from the last real one, which a new inlet does not have
+    yet: 0.0; seen here after a reconnection as a first stamp of 8.6e-05 s). Stamps before ``floor`` cannot be
+    this session's: they are deduced again at the nominal rate from the first real stamp of the pull, or, if
+    the pull holds none, backwards from ``clock()`` (and the next real stamps are kept from falling behind those).
+
     Attributes:
         buf: ``(max_samples, stream channels)`` samples in the stream's dtype (overwritten by every pull).
         ts: ``(max_samples,)`` float64 timestamps (overwritten by every pull).
+        repaired: samples whose stamps were deduced again (see above).
     """
 
-    __slots__ = ("_args", "_channels", "_err", "_fn", "_handle_error", "buf", "inlet", "ts")
+    __slots__ = ("_args", "_channels", "_clock", "_dt", "_err", "_fn", "_handle_error", "_held", "buf", "floor",
+                 "inlet", "repaired", "ts")
 
-    def __init__(self, inlet: Any, buf: np.ndarray, handle_error: Any) -> None:
+    def __init__(self, inlet: Any, buf: np.ndarray, handle_error: Any, *, floor: float = -math.inf,
+                 fs: float = 0.0, clock: Any = None) -> None:
+        """``floor``: the earliest timestamp this inlet can hand out (LSL clock, s); ``fs``: the nominal rate;
+        ``clock``: the LSL clock (``pylsl.local_clock``), for a pull with no real stamp at all."""
         self.inlet = inlet
         self.buf = buf
         self.ts = np.empty(buf.shape[0], dtype=np.float64)
+        self.floor = float(floor)
+        self._dt = 1.0 / fs if fs > 0 else 0.0
+        self._clock = clock
+        self._held = -math.inf  # while deduced stamps run ahead of the real ones, the real ones are kept above
+        self.repaired = 0
         self._channels = buf.shape[1]
         self._err = ctypes.c_int(0)
         self._handle_error = handle_error
@@ -320,12 +339,40 @@ class _InletReader:
                                              as_numpy=True)
             n = len(ts)
             self.ts[:n] = ts
-            return n
-        values = fn(*self._args)
-        if self._err.value:
-            code, self._err.value = self._err.value, 0
-            self._handle_error(code)
-        return int(values) // self._channels
+        else:
+            values = fn(*self._args)
+            if self._err.value:
+                code, self._err.value = self._err.value, 0
+                self._handle_error(code)
+            n = int(values) // self._channels
+        if n and (self.ts[0] < self.floor or self.ts[0] <= self._held):  # one comparison on the usual path
+            self._restamp(n)
+        return n
+
+    def _restamp(self, n: int) -> None:
+        """Deduce the stamps before :attr:`floor` again (class docstring); keep real ones above deduced ones."""
+        ts = self.ts[:n]
+        bad = ts < self.floor
+        if bad.any():
+            real = np.flatnonzero(~bad)
+            k = np.arange(n, dtype=np.float64)
+            if real.size:
+                ref, at = float(ts[real[0]]), float(real[0])
+            else:
+                ref, at = (float(self._clock()) if self._clock is not None else self.floor), float(n - 1)
+            ts[bad] = ref - (at - k[bad]) * self._dt
+            self.repaired += int(np.count_nonzero(bad))
+            if not real.size:
+                self._held = float(ts[-1])
+                return
+        if self._held > -math.inf:  # real stamps after deduced ones: never behind them
+            lift = self._held + self._dt * np.arange(1, n + 1)
+            behind = ts <= lift
+            if behind.any():
+                ts[behind] = lift[behind]
+                self._held = float(ts[-1]) if behind[-1] else -math.inf
+            else:
+                self._held = -math.inf
 
 
 _GIL_HOLDING: dict[str, Any] = {}
@@ -837,7 +884,10 @@ class LSLSource:
                 if changed:
                     await self._put(sinfo)
                 await self._put(StatusEvent(stream_id, StreamStatus.LIVE, "outlet back; reading again"))
-            stream.reader = _InletReader(holder[0], buf, self._pylsl.util.handle_error)
+            # no sample of this inlet can be stamped before it was opened, less what its buffer can hold
+            floor = self._pylsl.local_clock() - s.buffer_s - 5.0
+            stream.reader = _InletReader(holder[0], buf, self._pylsl.util.handle_error, floor=floor, fs=fs,
+                                         clock=self._pylsl.local_clock)
             stream.inlet = holder.pop()  # from here on the poll task pulls it
         finally:
             if holder and self._control is not None and not self._control.closed:
