@@ -52,6 +52,12 @@ class Detector:
         k_detect: detection threshold in multiples of the baseline noise.
         min_uv: detection threshold floor, µV.
         noise_piece_ms: piece length for the noise estimate, ms.
+        align_ms: each candidate is aligned on the largest value of ``|x|`` smoothed over this span (a centred
+            moving average of ``x``, at least 3 samples) within ``align_reach_ms`` of its detected peak; 0: on the
+            detected peak itself. The detected peak is the sample where the noise happened to add the most:
+            aligning a small potential there lifts every segment's peak by about the noise's own excursion, and a
+            median template then reads that much too large.
+        align_reach_ms: how far from the detected peak the smoothed peak may lie, ms.
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class Detector:
         k_detect: float,
         min_uv: float,
         noise_piece_ms: float = 5.0,
+        align_ms: float = 0.0,
+        align_reach_ms: float = 0.2,
     ) -> None:
         self.fs = float(fs)
         self.n_channels = int(n_channels)
@@ -74,6 +82,9 @@ class Detector:
         self.k_detect = float(k_detect)
         self.min_uv = float(min_uv)
         self.piece = max(4, round(noise_piece_ms * fs / 1000.0))
+        w = round(align_ms * fs / 1000.0)
+        self.align_w = 0 if align_ms <= 0 else max(3, w + 1 - w % 2)  # odd: centred on a sample
+        self.align_r = max(1, round(align_reach_ms * fs / 1000.0))
         self.noise_pieces = 50
         self._partial = np.zeros((0, self.n_channels))  # samples of the piece in progress
         self._rms = np.zeros((0, self.n_channels))  # RMS of the complete pieces since the last noise update
@@ -114,6 +125,15 @@ class Detector:
             est0 = np.percentile(self._rms, 20.0, axis=0)
             self.noise = np.where(np.isfinite(self.noise), self.noise, est0)
 
+    def _aligned(self, xc: F64, p: I64, m: int) -> I64:
+        """The peaks ``p`` moved to the largest smoothed ``|x|`` within ``align_r`` samples (``align_ms``)."""
+        w, r = self.align_w, self.align_r
+        h = w // 2
+        idx = np.clip(p[:, None] + np.arange(-r - h, r + h + 1), 0, m - 1)
+        smooth = np.abs(np.lib.stride_tricks.sliding_window_view(xc[idx], w, axis=1).mean(axis=2))  # (P, 2r + 1)
+        moved = p + np.argmax(smooth, axis=1) - r
+        return np.asarray(np.clip(moved, self.pre, m - self.post - 1), dtype=np.int64)
+
     def process(self, block: npt.NDArray[np.floating]) -> list[Detections]:
         """Take the next samples, float (n, C) µV; return the candidates that became decidable, per channel."""
         if block.ndim != 2 or block.shape[1] != self.n_channels:
@@ -142,6 +162,8 @@ class Detector:
                     p = p[1:]
                 if not p.size:
                     continue
+                if self.align_w:
+                    p = self._aligned(x[c], p, m)
                 self.last_peak[c] = int(p[-1]) + base
                 segs = x[c][p[:, None] + self._offsets]
                 out.append(Detections(c, p + base, segs))
