@@ -31,7 +31,7 @@ from .blocks import BlockGatherer
 from .detect import Detector
 from .measures import POLYPHASIC_PHASES, WaveformMeasures, firing_stats, remove_baseline, waveform_measures
 from .normative import flag_measures
-from .templates import TemplateSet
+from .templates import TemplateSet, shifted_rows
 
 F64 = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
@@ -492,7 +492,7 @@ class QemgAnalyser:
         if corr[k] < 0.95:
             return None
         shift = k - d  # wj[x + shift] lines up with wi[x]
-        moved, moved_u = _moved(wj, shift), _moved(tj_.uncertainty, shift)
+        moved, moved_u = shifted_rows(np.stack([wj, tj_.uncertainty]), np.array([shift, shift]))
         ni, nj = ti.size, tj.size
         w = (ni * wi + nj * moved) / (ni + nj)
         u = np.sqrt((ni * ti_.uncertainty) ** 2 + (nj * moved_u) ** 2) / (ni + nj)
@@ -500,16 +500,6 @@ class QemgAnalyser:
         m = waveform_measures(w, self.fs, noise_uv=sd, peak=self.detector.pre, uncertainty_uv=u)
         return _Template(w, m, np.sort(np.concatenate([ti, tj + shift])), u)  # i's aligning peak: shift after j's
 
-
-def _moved(x: F64, shift: int) -> F64:
-    """``x[k + shift]`` at ``k`` (zeros where that falls outside)."""
-    n = x.size
-    out = np.zeros_like(x)
-    if shift >= 0:
-        out[: n - shift] = x[shift:]
-    else:
-        out[-shift:] = x[: n + shift]
-    return out
 
 
 def _lock_matrix(trains: list[npt.NDArray[np.int64]], span: int, lock: int) -> npt.NDArray[np.bool_]:

@@ -182,7 +182,7 @@ class TemplateSet:
                 good[g] = d0 < self.tol * (tpl * tpl).sum(axis=1) + allow_noise
             if good.any():
                 rows, delta = rest[good], alt[good]
-                segments[rows] = _shifted_rows(segments[rows], delta)
+                segments[rows] = shifted_rows(segments[rows], delta)
                 times[rows] += delta
                 label[rows] = j[good]
 
@@ -329,14 +329,11 @@ class TemplateSet:
         return label
 
     def _lone(self, segs: F64, allow_noise: float) -> npt.NDArray[np.bool_]:
-        """Which of these unmatched candidates have fewer than ``seed_support`` look-alikes among them (the match
-        rule, either way round): a unit that is new in a block fires there several times, while a superposition
-        of unknown units or a noise peak is a shape of its own. They seed last."""
-        sm = segs[:, self.match_idx]
-        en = (sm * sm).sum(axis=1)
-        d = en[:, None] + en[None, :] - 2.0 * _products(sm, sm)
-        alike = d < self.tol * np.maximum(en[:, None], en[None, :]) + allow_noise
-        return alike.sum(axis=1) - 1 < self.seed_support  # its own row matches itself
+        """Which of these unmatched candidates have fewer than ``seed_support`` look-alikes among them: a unit that
+        is new in a block fires there several times, while a superposition of unknown units or a noise peak is a
+        shape of its own. They seed last."""
+        alike = look_alikes(segs[:, self.match_idx], self.tol, allow_noise)
+        return alike.sum(axis=1) < self.seed_support
 
     # ------------------------------------------------------------------ superpositions
     def _keep_recent(self, t: I64, lab: I64) -> None:
@@ -529,7 +526,17 @@ def _products(a: FA, b: FA) -> FA:
     return np.einsum("em,km->ek", a, b)
 
 
-def _shifted_rows(segs: F64, delta: I64) -> F64:
+def look_alikes(windows: F64, tol: float, allow: float) -> npt.NDArray[np.bool_]:
+    """(N, N): which pairs of these matching windows (N, m) pass the match rule either way round (squared distance
+    under ``tol`` times the larger energy plus the noise allowance ``allow``); a window is not its own look-alike."""
+    e = (windows * windows).sum(axis=1)
+    d = e[:, None] + e[None, :] - 2.0 * _products(windows, windows)
+    close = d < tol * np.maximum(e[:, None], e[None, :]) + allow
+    np.fill_diagonal(close, False)
+    return np.asarray(close, dtype=bool)
+
+
+def shifted_rows(segs: F64, delta: I64) -> F64:
     """Row ``r`` of ``segs`` (U, L) moved so that its sample ``pre + delta[r]`` lands at ``pre``; uncovered ends 0."""
     n = segs.shape[1]
     idx = np.arange(n)[None, :] + delta[:, None]

@@ -29,6 +29,7 @@ import numpy as np
 
 from simulators.synth import EMGSimulator, muap_duration_ms
 from streamemg.qemg import QemgAnalyser, QemgSettings
+from streamemg.qemg.templates import look_alikes
 
 
 @dataclass
@@ -158,9 +159,4 @@ def twins(windows: list[np.ndarray], tol: float, allow: float) -> list[bool]:
     (squared distance under ``tol`` times the larger energy plus the noise allowance ``allow``), either way."""
     if not windows:
         return []
-    w = np.asarray(windows, dtype=np.float64)
-    d = ((w[:, None, :] - w[None, :, :]) ** 2).sum(axis=2)
-    e = (w * w).sum(axis=1)
-    close = d < tol * np.maximum(e[:, None], e[None, :]) + allow
-    np.fill_diagonal(close, False)
-    return [bool(x) for x in close.any(axis=1)]
+    return [bool(x) for x in look_alikes(np.asarray(windows, dtype=np.float64), tol, allow).any(axis=1)]

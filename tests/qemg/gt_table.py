@@ -30,9 +30,9 @@ def _both(rs: list[UnitScore]) -> int:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    n_seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    seeds = range(first, first + n)
+    seeds = range(first, first + n_seeds)
     print("| class | effort | units in view (>=5 fires) | found | amplitude within 10% | duration within 2 ms | both "
           "| rate within 1 Hz (of found with a rate) | median abs amplitude error | median abs duration error (ms) "
           "| median abs rate error (Hz) | median share of its discharges found | clearly present | both, of those "
