@@ -107,7 +107,8 @@ class QemgService:
         self.error: str | None = None
         self.died_at: float | None = None  # time.monotonic() when it was found dead
         self._fresh: dict[int, tuple[threading.Event, list[Any]]] = {}
-        threading.Thread(target=self._send_loop, name="streamemg-qemg-send", daemon=True).start()
+        self._sender = threading.Thread(target=self._send_loop, name="streamemg-qemg-send", daemon=True)
+        self._sender.start()
         threading.Thread(target=self._recv_loop, name="streamemg-qemg-recv", daemon=True).start()
         threading.Thread(target=self._stderr_loop, name="streamemg-qemg-stderr", daemon=True).start()
 
@@ -225,14 +226,16 @@ class QemgService:
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the child: it finishes what it was sent (within ``timeout``), then exits."""
-        if self.alive:
-            self.alive = False
-            self._queue.put(None)
+        self.alive = False
+        self._queue.put(None)  # ends the sender (also when it still waits after the child died on its own)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        # the sender may still be writing a block the child never read: with the child gone that write fails
+        # and the sender ends; its pipe is closed only after that (closing it under a write would crash the thread)
+        self._sender.join(timeout)
         for conn in (self._out, self._in):
             conn.close()
         self.paused.close()

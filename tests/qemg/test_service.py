@@ -186,6 +186,32 @@ def test_a_closed_qemg_service_lets_its_process_finish_and_exit_cleanly() -> Non
     again.close()
 
 
+@pytest.mark.timeout(60)
+def test_closing_a_stuck_qemg_process_ends_its_sender_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child does not read (stopped) while the sender is blocked writing more than the pipe holds: close() kills
+    the child after its timeout, and the sender, whose write then fails, has ended, without an error, by the time
+    close() returns (its pipe is closed only then: closed under a send, the thread died with a TypeError)."""
+    import threading
+
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    q = RemoteQemg(FS, 1, QemgSettings(processes=1, block_s=0.5))
+    service = svc.service(q.settings.nice, q.slot)
+    assert q.wait_idle(30.0)
+    os.kill(service.proc.pid, signal.SIGSTOP)
+    block = EMGSimulator("als", FS, seed=1).generate(round(0.5 * FS)).reshape(-1, 1)  # 40 kB
+    for _ in range(8):  # 320 kB: more than a pipe holds, so the sender blocks in a write
+        assert service.put_block(q._id, block, force=True)
+    deadline = time.monotonic() + 10.0
+    while service.queued_bytes > 6 * block.nbytes and time.monotonic() < deadline:  # the sender took some
+        time.sleep(0.01)
+    service.close(timeout=0.5)
+    assert service.proc.returncode == -signal.SIGKILL  # it was stuck: killed after the timeout
+    assert not service._sender.is_alive()
+    assert crashed == []
+    q.close()
+
+
 @pytest.mark.timeout(120)
 async def test_a_finished_run_lets_the_qemg_process_finish_then_frees_its_streams() -> None:
     sink = MemorySink()
