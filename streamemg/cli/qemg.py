@@ -78,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
             if args.units:
                 for u in rep.units:
                     w = u.waveform
-                    print(f"    ch{u.channel} {u.kind:<20} amp {w.amplitude_uv:7.1f} µV  dur {w.duration_ms:5.1f} ms  "
-                          f"phases {w.phases}  turns {w.turns}  rate {u.firing_hz:5.1f} Hz  n {u.discharges}")
+                    shape = (
+                        f"amp {w.amplitude_uv:7.1f} µV  dur {w.duration_ms:5.1f} ms  phases {w.phases}  turns {w.turns}"
+                        if w.measured
+                        else "potential not measured: not clear of its baseline"
+                    )
+                    print(f"    ch{u.channel} {u.kind:<20} {shape}  rate {u.firing_hz:5.1f} Hz  n {u.discharges}")
     sys.stdout.flush()
     return 0 if ok else 1

@@ -228,20 +228,23 @@ class QemgSummary:
         return tuple(u for u in self.units if u.kind == "muap")
 
     def measures(self, channel: int | None = None) -> dict[str, float | int | None]:
-        """Stream (or one channel's) measures: means over the voluntary units plus counts."""
+        """Stream (or one channel's) measures: means over the voluntary units plus counts. The waveform means are
+        over the units whose potential was measured (:attr:`WaveformMeasures.measured`); every unit counts in
+        ``units`` and in the firing measures."""
         mu = [u for u in self.muaps if channel is None or u.channel == channel]
         sp = [u for u in self.units if u.kind != "muap" and (channel is None or u.channel == channel)]
         n = len(mu)
         rates = [u.firing_hz for u in mu if math.isfinite(u.firing_hz)]
+        ws = [u.waveform for u in mu if u.waveform.measured]
         return {
             "units": n,
-            "amplitude_uv": _r(_mean([u.waveform.amplitude_uv for u in mu]), 1),
-            "duration_ms": _r(_mean([u.waveform.duration_ms for u in mu]), 2),
-            "phases": _r(_mean([float(u.waveform.phases) for u in mu]), 2),
-            "turns": _r(_mean([float(u.waveform.turns) for u in mu]), 2),
-            "area_uv_ms": _r(_mean([u.waveform.area_uv_ms for u in mu]), 1),
-            "thickness_ms": _r(_mean([u.waveform.thickness_ms for u in mu]), 3),
-            "polyphasic_pct": _r(100.0 * sum(u.waveform.phases > POLYPHASIC_PHASES for u in mu) / n, 1) if n else None,
+            "amplitude_uv": _r(_mean([w.amplitude_uv for w in ws]), 1),
+            "duration_ms": _r(_mean([w.duration_ms for w in ws]), 2),
+            "phases": _r(_mean([float(w.phases) for w in ws]), 2),
+            "turns": _r(_mean([float(w.turns) for w in ws]), 2),
+            "area_uv_ms": _r(_mean([w.area_uv_ms for w in ws]), 1),
+            "thickness_ms": _r(_mean([w.thickness_ms for w in ws]), 3),
+            "polyphasic_pct": _r(100.0 * sum(w.phases > POLYPHASIC_PHASES for w in ws) / len(ws), 1) if ws else None,
             "firing_hz": _r(_mean(rates), 2),
             "firing_cv": _r(_mean([u.firing_cv for u in mu]), 3),
             "recruitment_ratio": _r(max(rates) / n, 2) if rates else None,

@@ -16,6 +16,10 @@ discharges, after its baseline was removed):
 * **area** (µV·ms): the rectified area inside the duration; **thickness** (ms) = area / amplitude.
 * **firing rate** (Hz) and **CV**: from the inter-discharge intervals (IDIs) of the unit: IDIs outside
   0.5-1.5 times their median (missed or doubled detections) are left out; rate = 1 / mean IDI, CV = SD / mean.
+
+A template whose potential cannot be told from its baseline (no sample reaches the threshold) or from its own
+scatter has no duration (0): it is *not measured* (:attr:`WaveformMeasures.measured`), and its shape measures
+are none of the potential's.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ class WaveformMeasures:
     onset: int
     end: int
     initial_positive: bool
+
+    @property
+    def measured(self) -> bool:
+        """Whether the potential could be told from the template's baseline and scatter (it has a duration)."""
+        return self.duration_ms > 0.0
 
 
 def remove_baseline(template: npt.ArrayLike, edge: int) -> tuple[F64, float]:

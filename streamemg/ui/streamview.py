@@ -522,7 +522,10 @@ def _qemg_lines(est_qemg: Any, d: StreamDetail, width: int) -> list[Text]:
         amp = getattr(w, "amplitude_uv", float("nan"))
         dur = getattr(w, "duration_ms", float("nan"))
         kind = getattr(u, "kind", "muap")
-        text = f"{amp:.0f} µV {dur:.1f} ms" if kind == "muap" else kind.replace("_", " ")
+        if kind != "muap":
+            text = kind.replace("_", " ")
+        else:
+            text = f"{amp:.0f} µV {dur:.1f} ms" if dur > 0 else "not measured"
         facts.append(fit(text, cell_w) + "  ", S_DIM)
     out.append(facts)
     return out

@@ -118,3 +118,27 @@ def test_duration_ends_are_brought_in_past_what_lies_within_the_templates_uncert
     assert m.duration_ms == pytest.approx(own, abs=0.3)
     sure = waveform_measures(w, fs, peak=peak, uncertainty_uv=np.full(w.size, 1.0))
     assert sure.duration_ms == pytest.approx(ran_on.duration_ms)
+
+
+def test_a_potential_not_clear_of_its_baseline_is_a_unit_but_not_in_the_waveform_means() -> None:
+    """A template whose potential does not stand out of its baseline's noise has no duration: it is not measured.
+    It still counts as a unit (and in the firing measures), but its zeros do not drag the stream's waveform means
+    (seen on real ALS recordings: 18 of 522 units read 0 ms before)."""
+    from streamemg.qemg import QemgSummary
+    from streamemg.qemg.analyser import UnitMeasures
+
+    fs = 10000.0
+    k = render_potential(draw_muap_shape(np.random.default_rng(1), 3), fs, duration_ms=10.0, amplitude_uv=300.0)
+    clear = waveform_measures(np.concatenate([np.zeros(200), k, np.zeros(200)]), fs)
+    buried = waveform_measures(np.concatenate([np.zeros(200), 0.1 * k, np.zeros(200)]), fs, noise_uv=30.0)
+    assert clear.measured and clear.duration_ms > 5.0
+    assert not buried.measured and buried.duration_ms == 0.0 and buried.phases == 0
+
+    def unit(w: object, hz: float) -> UnitMeasures:
+        return UnitMeasures(0, w, 20, hz, 0.1, "muap", np.zeros(1), np.zeros(20))  # type: ignore[arg-type]
+
+    d = QemgSummary((unit(clear, 10.0), unit(buried, 20.0)), 50.0, (3.0,), 1, 10.0).to_dict()
+    assert d["units"] == 2
+    assert d["firing_hz"] == 15.0
+    assert d["duration_ms"] == round(clear.duration_ms, 2) and d["phases"] == clear.phases
+    assert d["amplitude_uv"] == round(clear.amplitude_uv, 1) and d["polyphasic_pct"] == 0.0
