@@ -53,6 +53,13 @@ TABLE_MEASURES: tuple[tuple[str, str, int], ...] = (
 )
 
 
+def dataset_settings(dataset: str, settings: QemgSettings | None = None) -> QemgSettings:
+    """The QEMG settings a data set's recordings are analysed with: Mendeley's carry strong 50 Hz hum (PROVENANCE),
+    so they are notched."""
+    st = settings or QemgSettings()
+    return replace(st, notch_hz=50.0) if dataset == "mendeley" else st
+
+
 def analyse_refs(data: Path, cache: Path | None, settings: QemgSettings | None = None) -> list[dict[str, Any]]:
     """One row per recording: QEMG ``to_dict`` plus dataset, subject, label, record."""
     done: dict[str, dict[str, Any]] = {}
@@ -71,10 +78,7 @@ def analyse_refs(data: Path, cache: Path | None, settings: QemgSettings | None =
                 rows.append(done[key])
                 continue
             rec = ref.load()
-            st = settings or QemgSettings()
-            if ref.dataset == "mendeley":  # its recordings carry strong 50 Hz hum (PROVENANCE): notch it
-                st = replace(st, notch_hz=50.0)
-            row = analyse_row(rec.data, rec.fs, st)
+            row = analyse_row(rec.data, rec.fs, dataset_settings(ref.dataset, settings))
             row.update(record=key, dataset=ref.dataset, subject=ref.subject, label=ref.label, site=ref.site)
             rows.append(row)
             if fh is not None:

@@ -525,7 +525,7 @@ def _qemg_lines(est_qemg: Any, d: StreamDetail, width: int) -> list[Text]:
         if kind != "muap":
             text = kind.replace("_", " ")
         else:
-            text = f"{amp:.0f} µV {dur:.1f} ms" if dur > 0 else "not measured"
+            text = f"{amp:.0f} µV {dur:.1f} ms" if getattr(w, "measured", False) else "not measured"
         facts.append(fit(text, cell_w) + "  ", S_DIM)
     out.append(facts)
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from streamemg.clinical.datasets import find_recordings
-from streamemg.qemg import QemgSettings
+from streamemg.qemg.realdata import dataset_settings
 from streamemg.qemg.report import analyse_array
 
 
@@ -28,8 +28,7 @@ def main() -> int:
     counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
     for ref in find_recordings([Path(data)], datasets=["emglab", "mendeley"]):
         rec = ref.load()
-        settings = QemgSettings(notch_hz=50.0) if ref.dataset == "mendeley" else QemgSettings()  # as realdata does
-        for u in analyse_array(rec.data, rec.fs, settings).muaps:
+        for u in analyse_array(rec.data, rec.fs, dataset_settings(ref.dataset)).muaps:
             key = (ref.dataset, ref.label)
             counts[(*key, "units")] += 1
             counts[(*key, "not measured")] += not u.waveform.measured

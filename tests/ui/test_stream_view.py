@@ -233,6 +233,26 @@ def test_stream_view_shows_qemg_when_present() -> None:
     assert "QEMG" in text and "amplitude 412 µV" in text and "units 3" in text and "firing –" in text
 
 
+
+def test_stream_view_says_which_templates_were_not_measured() -> None:
+    """Each template's facts under its plot: amplitude and duration, or "not measured" for a potential that does not
+    stand clear of its baseline (it has no duration; docs/qemg.md, Definitions)."""
+    import dataclasses
+
+    from streamemg.qemg import QemgSummary
+    from streamemg.qemg.analyser import UnitMeasures
+    from streamemg.qemg.measures import WaveformMeasures
+
+    t = np.sin(np.linspace(0.0, 6.0, 400)) * 300.0
+    clear = WaveformMeasures(600.0, 9.5, 3, 3, 900.0, 1.5, 150, 245, True)
+    buried = WaveformMeasures(40.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, False)
+    units = tuple(
+        UnitMeasures(0, w, 20, 10.0, 0.1, "muap", t * k, np.zeros(20)) for w, k in ((clear, 1.0), (buried, 0.1))
+    )
+    detail = dataclasses.replace(make_detail(), qemg=QemgSummary(units, 50.0, (3.0,), 1, 10.0))
+    text = rendered(compose_stream_view(detail, None, width=160, height=50), 160)
+    assert "600 µV 9.5 ms" in text and "not measured" in text and "40 µV 0.0 ms" not in text
+
 def test_inspector_uses_the_models_own_modules() -> None:
     from streamemg.model import load_bundle
     from streamemg.ui.inspect import WindowInspector
